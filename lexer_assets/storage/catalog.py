@@ -1,0 +1,276 @@
+"""The analyst contract: every table of the profile store, its columns, types and meaning.
+
+One place: the DDL, the Dagster column schemas and the generated data dictionary (docs/data-dictionary.md)
+all come from here, so a column cannot exist without a description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # DuckDB type
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # schema.table
+    grain: str  # "one row per ..."
+    columns: tuple[Column, ...]
+
+    @property
+    def schema(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def ddl(self) -> str:
+        cols = ",\n  ".join(f"{c.name} {c.type}" for c in self.columns)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  {cols}\n)"
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def _cols(*rows: tuple[str, str, str]) -> tuple[Column, ...]:
+    return tuple(Column(*r) for r in rows)
+
+
+IDENTITY = (
+    ("customer_id", "VARCHAR", "The hub's customer key: the Braze external_id; for users without one "
+     "'braze:<braze_id>', else 'alias:<alias_label>:<alias_name>'."),
+    ("external_id", "VARCHAR", "Braze external_id (the brand's customer id), null for alias-only users."),
+    ("braze_id", "VARCHAR", "Braze's internal user id."),
+    ("alias_name", "VARCHAR", "First user alias name, if any."),
+    ("alias_label", "VARCHAR", "First user alias label, if any."),
+)
+
+EXPORT_REQUESTS = Table(
+    "braze.export_requests",
+    "segment export requested from Braze",
+    _cols(
+        ("object_prefix", "VARCHAR", "Braze's object_prefix for the export (names its folder in the bucket)."),
+        ("segment_id", "VARCHAR", "Exported segment id."),
+        ("requested_at", "TIMESTAMP", "When the request was answered (UTC)."),
+        ("fields_to_export", "VARCHAR[]", "Fields asked for."),
+        ("output_format", "VARCHAR", "zip or gzip."),
+    ),
+)
+
+EXPORT_FILES = Table(
+    "braze.export_files",
+    "export file that landed in the bucket and was copied into the hub's raw storage",
+    _cols(
+        ("object_prefix", "VARCHAR", "Export the file belongs to."),
+        ("export_date", "DATE", "Date folder Braze wrote the export under."),
+        ("bucket_key", "VARCHAR", "Object key in the bucket."),
+        ("raw_path", "VARCHAR", "Path of the hub's own copy (relative to LEXER_HOME)."),
+        ("bytes", "BIGINT", "Size in bytes."),
+        ("landed_at", "TIMESTAMP", "When the hub saw the export as complete (UTC)."),
+    ),
+)
+
+BRAZE_USERS = Table(
+    "braze.users",
+    "Braze user in the newest export (duplicates collapsed)",
+    _cols(
+        *IDENTITY,
+        ("user_aliases", "JSON", "All user aliases as exported (always a JSON list)."),
+        ("created_at", "TIMESTAMP", "When the Braze profile was created (UTC); both Braze formats parsed."),
+        ("first_name", "VARCHAR", "First name."),
+        ("last_name", "VARCHAR", "Last name."),
+        ("email", "VARCHAR", "Email as exported."),
+        ("email_normalized", "VARCHAR", "Email trimmed and lower-cased (used to match orders)."),
+        ("phone", "VARCHAR", "Phone as exported."),
+        ("dob", "DATE", "Date of birth; null when missing or not a real date."),
+        ("gender", "VARCHAR", "M, F, O, N or P as Braze exports it."),
+        ("country", "VARCHAR", "ISO-3166 alpha-2 country code as exported."),
+        ("home_city", "VARCHAR", "Home city."),
+        ("language", "VARCHAR", "Language code."),
+        ("time_zone", "VARCHAR", "IANA time zone."),
+        ("total_revenue", "DOUBLE", "Braze's all-time total revenue for the user."),
+        ("random_bucket", "INTEGER", "Braze random bucket number (0-9999)."),
+        ("email_subscribe", "VARCHAR", "opted_in, subscribed or unsubscribed."),
+        ("push_subscribe", "VARCHAR", "opted_in, subscribed or unsubscribed."),
+        ("custom_attributes", "JSON", "All custom attributes as a JSON object (values keep their JSON type)."),
+        ("custom_events", "JSON", "Custom events [{name, first, last, count}]."),
+        ("purchases", "JSON", "Purchases [{name, first, last, count}]."),
+        ("campaigns_received", "JSON", "Campaigns received in the last 90 days, with engagement."),
+        ("canvases_received", "JSON", "Canvases received in the last 90 days."),
+        ("object_prefix", "VARCHAR", "Export this row was loaded from."),
+        ("export_file", "VARCHAR", "File (and zip member) the row came from."),
+        ("export_line", "BIGINT", "1-based line number inside that file/member."),
+    ),
+)
+
+EXPORT_REJECTS = Table(
+    "braze.export_rejects",
+    "export line that could not be loaded",
+    _cols(
+        ("object_prefix", "VARCHAR", "Export the line belongs to."),
+        ("export_file", "VARCHAR", "File (and zip member) holding the line."),
+        ("export_line", "BIGINT", "1-based line number."),
+        ("reason", "VARCHAR", "Why it was rejected (invalid JSON, not an object, no identifier, too long)."),
+        ("raw_line", "VARCHAR", "The first 1,000 characters of the line."),
+    ),
+)
+
+ORDERS = Table(
+    "commerce.orders",
+    "order line from the brand's order files",
+    _cols(
+        ("order_id", "VARCHAR", "Order id from the file; for files without one, '<file>:<line>'."),
+        ("customer_id", "VARCHAR", "The brand's customer id (matches Braze external_id); may be null."),
+        ("email", "VARCHAR", "Customer email, trimmed and lower-cased; may be null."),
+        ("order_date", "DATE", "Order date (after any documented date shift of the import)."),
+        ("units", "INTEGER", "Number of items."),
+        ("amount", "DOUBLE", "Order value in the brand's currency."),
+        ("source_file", "VARCHAR", "Order file the line came from."),
+        ("source_line", "BIGINT", "1-based line number in that file."),
+    ),
+)
+
+ORDER_REJECTS = Table(
+    "commerce.order_rejects",
+    "order file line that could not be loaded",
+    _cols(
+        ("source_file", "VARCHAR", "Order file."),
+        ("source_line", "BIGINT", "1-based line number."),
+        ("reason", "VARCHAR", "Why it was rejected."),
+        ("raw_line", "VARCHAR", "The first 1,000 characters of the line."),
+    ),
+)
+
+CUSTOMER_PROFILES = Table(
+    "lexer.customer_profiles",
+    "customer (Braze user in the newest export), enriched as of as_of_date",
+    _cols(
+        *IDENTITY,
+        ("email", "VARCHAR", "Email, trimmed and lower-cased."),
+        ("first_name", "VARCHAR", "First name."),
+        ("last_name", "VARCHAR", "Last name."),
+        ("dob", "DATE", "Date of birth (null when missing or invalid)."),
+        ("age", "INTEGER", "Whole years on as_of_date (null when dob is missing or in the future)."),
+        ("age_band", "VARCHAR", "under 18, 18-24, 25-34, 35-44, 45-54, 55-64, 65+ or unknown."),
+        ("gender", "VARCHAR", "M, F, O, N, P or null."),
+        ("country", "VARCHAR", "ISO-3166 alpha-2 country code, upper case; null when not a known code."),
+        ("home_city", "VARCHAR", "Home city."),
+        ("language", "VARCHAR", "Language code."),
+        ("time_zone", "VARCHAR", "IANA time zone."),
+        ("email_subscribe", "VARCHAR", "Email subscription state: opted_in, subscribed or unsubscribed."),
+        ("push_subscribe", "VARCHAR", "Push subscription state: opted_in, subscribed or unsubscribed."),
+        ("braze_created_at", "TIMESTAMP", "When the Braze profile was created."),
+        ("orders", "INTEGER", "Orders up to and including as_of_date (0 when none)."),
+        ("units", "INTEGER", "Units bought up to as_of_date."),
+        ("revenue", "DOUBLE", "Sum of order amounts up to as_of_date."),
+        ("average_order_value", "DOUBLE", "revenue / orders; null without orders."),
+        ("first_order_date", "DATE", "Date of the first order."),
+        ("last_order_date", "DATE", "Date of the most recent order on or before as_of_date."),
+        ("days_since_last_order", "INTEGER", "as_of_date - last_order_date in days."),
+        ("tenure_days", "INTEGER", "as_of_date - first_order_date in days."),
+        ("purchase_frequency", "DOUBLE", "Orders per 365 days of tenure (tenure of at least 1 day)."),
+        ("orders_last_90_days", "INTEGER", "Orders in the 90 days ending on as_of_date."),
+        ("revenue_last_365_days", "DOUBLE", "Revenue in the 365 days ending on as_of_date."),
+        ("recency_score", "INTEGER", "RFM recency quintile 1-5 among purchasers (5 = most recent); null without orders."),
+        ("frequency_score", "INTEGER", "RFM frequency quintile 1-5 among purchasers (5 = most orders)."),
+        ("monetary_score", "INTEGER", "RFM monetary quintile 1-5 among purchasers (5 = most revenue)."),
+        ("rfm_segment", "VARCHAR", "Named RFM segment (see the data dictionary for the mapping)."),
+        ("lifecycle_stage", "VARCHAR", "new, active, lapsing, lapsed or never purchased (thresholds are settings)."),
+        ("predicted_clv", "DOUBLE", "Predicted revenue in the next 365 days (model in the data dictionary)."),
+        ("messages_received_90d", "INTEGER", "Campaigns and canvases received in the last 90 days (Braze)."),
+        ("email_opens_90d", "INTEGER", "Campaigns received in the last 90 days whose email was opened."),
+        ("email_clicks_90d", "INTEGER", "Campaigns received in the last 90 days whose email was clicked."),
+        ("last_engaged_at", "TIMESTAMP", "Latest last_received of a campaign the user engaged with."),
+        ("braze_total_revenue", "DOUBLE", "Braze's own all-time revenue for the user."),
+        ("braze_purchase_count", "INTEGER", "Sum of all-time counts in Braze's purchases list."),
+        ("braze_custom_event_count", "INTEGER", "Sum of all-time counts in Braze's custom events list."),
+        ("custom_attributes", "JSON", "Braze custom attributes as exported (JSON object)."),
+        ("as_of_date", "DATE", "Reference date every time-dependent value is computed for."),
+    ),
+)
+
+AUDIENCE_MEMBERSHIP = Table(
+    "lexer.audience_membership",
+    "(audience, snapshot date, customer)",
+    _cols(
+        ("audience_slug", "VARCHAR", "Stable audience id (asset key audiences/<slug>)."),
+        ("audience_name", "VARCHAR", "Audience name (the value written to Braze)."),
+        ("snapshot_date", "DATE", "Partition date: membership as of that day."),
+        ("customer_id", "VARCHAR", "Member."),
+    ),
+)
+
+AUDIENCE_HISTORY = Table(
+    "lexer.audience_history",
+    "(audience, snapshot date)",
+    _cols(
+        ("audience_slug", "VARCHAR", "Stable audience id."),
+        ("audience_name", "VARCHAR", "Audience name."),
+        ("snapshot_date", "DATE", "Partition date."),
+        ("size", "BIGINT", "Members on that day."),
+        ("entered", "BIGINT", "Members not in the previous stored day's snapshot."),
+        ("exited", "BIGINT", "Previous stored day's members no longer in."),
+        ("object_prefix", "VARCHAR", "Braze export the snapshot attributes came from."),
+        ("materialized_at", "TIMESTAMP", "When the partition was computed (UTC)."),
+    ),
+)
+
+ATTRIBUTE_STATE = Table(
+    "sync.braze_attribute_state",
+    "(customer, attribute value) as Braze has confirmed it",
+    _cols(
+        ("customer_id", "VARCHAR", "Customer."),
+        ("attribute", "VARCHAR", "Braze custom attribute name (default lexer_audience)."),
+        ("value", "VARCHAR", "Value Braze holds in that array attribute."),
+        ("confirmed_at", "TIMESTAMP", "When Braze acknowledged it (UTC), or when it was read from an export."),
+        ("run_id", "VARCHAR", "Dagster run that confirmed it ('export' when seeded from a Braze export)."),
+    ),
+)
+
+SYNC_LOG = Table(
+    "sync.braze_sync_log",
+    "change sent (or to be sent) to Braze",
+    _cols(
+        ("run_id", "VARCHAR", "Dagster run id."),
+        ("customer_id", "VARCHAR", "Customer."),
+        ("attribute", "VARCHAR", "Braze attribute name."),
+        ("op", "VARCHAR", "add or remove."),
+        ("value", "VARCHAR", "Audience name added or removed."),
+        ("batch", "INTEGER", "Request number within the run."),
+        ("status", "VARCHAR", "pending, done, failed (Braze rejected it) or rejected (not sendable)."),
+        ("error", "VARCHAR", "Braze's reason or the local reason."),
+        ("queued_at", "TIMESTAMP", "When the change was computed (UTC)."),
+        ("finished_at", "TIMESTAMP", "When its outcome was recorded (UTC)."),
+    ),
+)
+
+SYNC_RUNS = Table(
+    "sync.braze_sync_runs",
+    "(sync run, audience) report",
+    _cols(
+        ("run_id", "VARCHAR", "Dagster run id."),
+        ("audience_name", "VARCHAR", "Audience value."),
+        ("snapshot_date", "DATE", "Partition the desired state came from."),
+        ("members", "BIGINT", "Members in that partition."),
+        ("adds", "BIGINT", "Add changes computed."),
+        ("removes", "BIGINT", "Remove changes computed."),
+        ("sent", "BIGINT", "Changes Braze acknowledged."),
+        ("failed", "BIGINT", "Changes Braze rejected or that stayed pending."),
+        ("finished_at", "TIMESTAMP", "When the run finished (UTC)."),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (
+    EXPORT_REQUESTS, EXPORT_FILES, BRAZE_USERS, EXPORT_REJECTS, ORDERS, ORDER_REJECTS, CUSTOMER_PROFILES,
+    AUDIENCE_MEMBERSHIP, AUDIENCE_HISTORY, ATTRIBUTE_STATE, SYNC_LOG, SYNC_RUNS,
+)
+SCHEMAS: tuple[str, ...] = tuple(dict.fromkeys(t.schema for t in TABLES))
