@@ -73,7 +73,7 @@ class Warehouse:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         with self.connect() as conn:
-            source = conn.execute("SELECT current_database()").fetchone()[0]
+            source = conn.execute("SELECT current_database()").fetchall()[0][0]
             conn.execute(f"ATTACH '{tmp}' AS publish_target (STORAGE_VERSION '{self.storage_version}')")
             try:
                 conn.execute(f'COPY FROM DATABASE "{source}" TO publish_target')
