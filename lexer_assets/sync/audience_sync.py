@@ -94,7 +94,7 @@ def _bootstrap_known_state(conn: duckdb.DuckDBPyConnection, attribute: str) -> N
     )
 
 
-def _desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAudience]
+def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAudience]
                    ) -> tuple[list[ValuePolicy], list[AudienceSyncLine]]:
     """TEMP table sync_desired(customer_id, value) from each activated audience's newest partition."""
     conn.execute("CREATE OR REPLACE TEMP TABLE sync_desired (customer_id VARCHAR, value VARCHAR)")
@@ -159,7 +159,7 @@ def run_sync(
     """Diff hub vs Braze, log the changes, send them, move the known state for what Braze confirmed."""
     with warehouse.transaction() as conn:
         _bootstrap_known_state(conn, attribute)
-        policies, lines = _desired_state(conn, audiences)
+        policies, lines = desired_state(conn, audiences)
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE sync_known AS"
             " SELECT customer_id, value FROM sync.braze_attribute_state WHERE attribute = ?", [attribute])

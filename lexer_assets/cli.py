@@ -1,0 +1,209 @@
+"""`lexer-assets`: demo, query, verify, dev, emulator, audiences."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lexer_assets.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lexer_assets.demo import run_demo
+
+    return run_demo(_settings(), orders_file=Path(args.orders) if args.orders else None,
+                    customers=args.customers, seed=args.seed, reset=args.reset)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run SQL read-only against the published profile store and print a table."""
+    import duckdb
+
+    from lexer_assets.storage.warehouse import Warehouse
+
+    settings = _settings()
+    try:
+        conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        rel = conn.sql(args.sql)
+        if rel is None:
+            return 0
+        names = rel.columns
+        rows = rel.fetchmany(args.limit + 1)
+    except duckdb.Error as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    shown = rows[: args.limit]
+    cells = [names, *[["NULL" if v is None else str(v) for v in row] for row in shown]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(names))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(widths[j]) for j, c in enumerate(row)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    if len(rows) > args.limit:
+        print(f"... (more than {args.limit} rows; use --limit)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lexer_assets.defs.braze_sync import synced_audiences
+    from lexer_assets.defs.resources import resources_for
+    from lexer_assets.storage.warehouse import Warehouse
+    from lexer_assets.sync.verify import verify_braze
+
+    settings = _settings()
+    res = resources_for(settings)
+    braze = res["braze"]
+    if settings.profile == "prod":
+        braze = braze.model_copy(update={"api_key": settings.braze.api_key.get()})
+    audiences = synced_audiences(res["pipeline"].audiences())
+    warehouse = Warehouse(settings.warehouse_path, settings.published_store_path)
+    report = verify_braze(warehouse, braze.client(), audiences=audiences,
+                          attribute=settings.braze.attribute_name, array_cap=settings.braze.array_cap)
+    for m in report.mismatches[: args.show]:
+        held = "not in Braze" if m.braze is None else sorted(m.braze)
+        print(f"MISMATCH {m.customer_id}: hub says {sorted(m.expected)}, Braze holds {held}")
+    print(f"verify: checked {report.checked:,} users; {len(report.mismatches):,} mismatch(es)")
+    return 1 if report.mismatches else 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from lexer_assets.instance import ensure_instance_config
+
+    settings = _settings()
+    home = ensure_instance_config(settings)
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(repo / "workspace.yaml"),
+           "-p", str(args.port), "-h", args.host]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})", flush=True)
+    return subprocess.call(cmd, env=env, cwd=repo)
+
+
+def cmd_emulator_serve(args: argparse.Namespace) -> int:
+    from lexer_assets.braze.emulator import EmulatorConfig, serve
+
+    settings = _settings()
+    state_dir = Path(args.state_dir) if args.state_dir else settings.emulator_dir
+    config = EmulatorConfig(bucket_root=settings.bucket.local_root, bucket_path_prefix=settings.bucket.path_prefix)
+    print(f"Braze emulator on http://{args.host}:{args.port} (state in {state_dir})", flush=True)
+    serve(state_dir, host=args.host, port=args.port, config=config)
+    return 0
+
+
+def cmd_audiences_validate(args: argparse.Namespace) -> int:
+    from lexer_assets.audiences.snapshots import PROFILE_COLUMNS
+    from lexer_assets.audiences.spec import AudienceError, validate_all
+
+    settings = _settings()
+    path = Path(args.file) if args.file else settings.audiences_file
+    try:
+        problems = validate_all(path, PROFILE_COLUMNS)
+    except AudienceError as exc:
+        problems = exc.problems
+    for problem in problems:
+        print(problem)
+    print(f"{path}: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_audiences_preview(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from lexer_assets.audiences.rules import compile_audience
+    from lexer_assets.audiences.snapshots import PROFILE_COLUMNS, prepare_day
+    from lexer_assets.audiences.spec import AudienceError, load_audiences
+    from lexer_assets.profiles.build import LifecycleThresholds
+    from lexer_assets.storage.warehouse import Warehouse
+
+    settings = _settings()
+    audiences = load_audiences(settings.audiences_file)
+    chosen = [a for a in audiences if args.name in (a.name, a.slug)]
+    if not chosen:
+        print(f"no audience named {args.name!r} in {settings.audiences_file}", file=sys.stderr)
+        return 1
+    conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
+    as_of = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0] or dt.date.today()
+    try:
+        prepare_day(conn, as_of, LifecycleThresholds(settings.new_customer_days, settings.active_days,
+                                                     settings.lapsing_days))
+        compiled = compile_audience(chosen[0], audiences, PROFILE_COLUMNS, as_of=as_of)
+    except AudienceError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    members = conn.execute(f"SELECT count(*) FROM ({compiled.sql})", compiled.params).fetchall()[0][0]
+    sample = conn.execute(f"SELECT customer_id FROM ({compiled.sql}) ORDER BY customer_id LIMIT 10",
+                          compiled.params).fetchall()
+    print(f"{chosen[0].name}: {members:,} members as of {as_of}")
+    for (customer_id,) in sample:
+        print(f"  {customer_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lexer-assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole loop on the local profile")
+    demo.add_argument("--orders", help="a real order file (e.g. CDNOW_master.txt) instead of synthetic data")
+    demo.add_argument("--customers", type=int, default=20_000, help="synthetic population size")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--reset", action="store_true", help="start from a clean local state")
+    demo.set_defaults(func=cmd_demo)
+
+    query = sub.add_parser("query", help="run SQL read-only on the profile store")
+    query.add_argument("sql")
+    query.add_argument("--limit", type=int, default=50)
+    query.set_defaults(func=cmd_query)
+
+    verify = sub.add_parser("verify", help="compare what Braze holds with what the hub says")
+    verify.add_argument("--show", type=int, default=20, help="mismatches to print")
+    verify.set_defaults(func=cmd_verify)
+
+    dev = sub.add_parser("dev", help="open the Dagster UI on these definitions")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.set_defaults(func=cmd_dev)
+
+    emulator = sub.add_parser("emulator", help="the local Braze emulator")
+    emulator_sub = emulator.add_subparsers(dest="emulator_command", required=True)
+    serve = emulator_sub.add_parser("serve", help="serve the Braze REST API over HTTP")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--state-dir", help="emulator state folder (default $LEXER_HOME/braze-emulator)")
+    serve.set_defaults(func=cmd_emulator_serve)
+
+    audiences = sub.add_parser("audiences", help="check and preview audience definitions")
+    audiences_sub = audiences.add_subparsers(dest="audiences_command", required=True)
+    validate = audiences_sub.add_parser("validate", help="report every problem in the audiences YAML")
+    validate.add_argument("--file", help="YAML file (default LEXER_AUDIENCES_FILE or data/audiences.yaml)")
+    validate.set_defaults(func=cmd_audiences_validate)
+    preview = audiences_sub.add_parser("preview", help="size and a sample of an audience today")
+    preview.add_argument("name")
+    preview.set_defaults(func=cmd_audiences_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

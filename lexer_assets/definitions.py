@@ -1,0 +1,37 @@
+"""The one entry point: assets, checks, jobs and resources for the configured profile.
+
+Loading reads settings from the environment and the audiences YAML; it never touches Braze, S3 or DuckDB.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from lexer_assets.audiences.spec import load_audiences
+from lexer_assets.defs.audiences import audience_key, build_audience_asset
+from lexer_assets.defs.braze_export import export_request, segment_export, users
+from lexer_assets.defs.braze_sync import build_sync_asset
+from lexer_assets.defs.commerce import orders
+from lexer_assets.defs.profiles import customer_profiles
+from lexer_assets.defs.resources import resources_for
+from lexer_assets.settings import Settings
+
+MAIN_JOB = "lexer_loop"
+
+
+def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinition] | None = None
+                      ) -> dg.Definitions:
+    audiences = load_audiences(settings.audiences_file)
+    daily = dg.DailyPartitionsDefinition(start_date=settings.partitions_start.isoformat(), end_offset=1)
+    audience_assets = [build_audience_asset(a, audiences, daily) for a in audiences]
+    sync = build_sync_asset([audience_key(a) for a in audiences])
+    assets = [export_request, segment_export, users, orders, customer_profiles, *audience_assets, sync]
+    main_job = dg.define_asset_job(
+        MAIN_JOB, selection=dg.AssetSelection.all(), partitions_def=daily,
+        description="The whole loop: export request -> landed files -> users -> orders -> profiles -> "
+                    "audiences (today's partition) -> Braze sync.",
+    )
+    return dg.Definitions(assets=assets, jobs=[main_job], resources=resources_for(settings), loggers=loggers)
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,66 @@
+"""The brand's commerce data: order files into `commerce.orders`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from lexer_assets.commerce.order_files import load_orders
+from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, numeric_metadata, table_definition_metadata
+from lexer_assets.defs.resources import PipelineResource, WarehouseResource
+from lexer_assets.storage.catalog import ORDERS
+
+IMPORT_MANIFEST = "_import.json"
+
+
+def order_files(orders_dir: Path) -> list[Path]:
+    """Order files in the folder, in name order; names starting with '.' or '_' are not orders."""
+    if not orders_dir.is_dir():
+        return []
+    return sorted(p for p in orders_dir.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def import_shift_days(orders_dir: Path) -> int:
+    """The whole-day date shift recorded when an old order file (e.g. CDNOW's 1997-98) was imported."""
+    manifest = orders_dir / IMPORT_MANIFEST
+    if not manifest.exists():
+        return 0
+    return int(json.loads(manifest.read_text())["shift_days"])
+
+
+@dg.asset(
+    key=["commerce", "orders"],
+    group_name="commerce",
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata=table_definition_metadata(ORDERS),
+)
+def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+           pipeline: PipelineResource) -> dg.MaterializeResult:
+    """`commerce.orders`: every order line from the brand's order files (`$LEXER_HOME/commerce/orders/`).
+
+    Reads the canonical CSV (order_id, customer_id, email, order_date, units, amount) and the CDNOW format.
+    Bad lines go to `commerce.order_rejects` with file, line and reason; the rest loads.
+    """
+    folder = Path(pipeline.orders_dir)
+    files = order_files(folder)
+    if not files:
+        raise dg.Failure(f"no order files in {folder}: put the brand's order files there "
+                         "(or run `lexer-assets demo`, which writes a synthetic one)")
+    shift = import_shift_days(folder)
+    wh = warehouse.get()
+    with wh.transaction() as conn:
+        report = load_orders(conn, files, shift_days=shift)
+    wh.publish()
+    if report.rejected:
+        context.log.warning(f"{report.rejected} order line(s) rejected (see commerce.order_rejects)")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": dg.MetadataValue.int(report.loaded),
+        "files": dg.MetadataValue.json([f.name for f in files]),
+        "date_shift_days": shift,
+        "first_order_date": str(report.first_date),
+        "last_order_date": str(report.last_date),
+        **numeric_metadata({"lines": report.lines, "rejected": report.rejected}),
+    })

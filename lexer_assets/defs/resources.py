@@ -1,0 +1,162 @@
+"""Dagster resources, chosen per profile in one place (``resources_for``).
+
+Local profile: the Braze client talks to the in-process emulator through an httpx ASGI transport (same client
+code as prod), the bucket is a folder, the warehouse a DuckDB file, all under ``$LEXER_HOME``.
+Prod profile: secrets are passed as ``dagster.EnvVar`` so the UI and run config only ever show the variable name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+
+from lexer_assets.audiences.spec import Audience, load_audiences
+from lexer_assets.braze.client import BrazeClient
+from lexer_assets.profiles.build import LifecycleThresholds
+from lexer_assets.settings import LOCAL_EMULATOR_ENDPOINT, Settings
+from lexer_assets.storage.object_store import LocalFolderStore, ObjectStore, S3Store
+from lexer_assets.storage.warehouse import Warehouse
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB working file runs write, and the published copy analysts read."""
+
+    path: str
+    published_path: str
+
+    def get(self) -> Warehouse:
+        return Warehouse(Path(self.path), Path(self.published_path))
+
+
+class BucketResource(dg.ConfigurableResource):
+    """The bucket Braze exports into: a local folder, or S3 through dagster-aws."""
+
+    local_root: str = ""
+    bucket: str = ""
+    region: str = ""
+    path_prefix: str = ""
+    endpoint_url: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+    def store(self) -> ObjectStore:
+        if self.local_root:
+            return LocalFolderStore(Path(self.local_root))
+        from dagster_aws.s3 import S3Resource
+
+        kwargs: dict[str, Any] = {"region_name": self.region or None}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.access_key_id:
+            kwargs["aws_access_key_id"] = self.access_key_id
+            kwargs["aws_secret_access_key"] = self.secret_access_key
+        return S3Store(S3Resource(**kwargs).get_client(), self.bucket)
+
+
+class BrazeResource(dg.ConfigurableResource):
+    """Braze REST API (or the local emulator, in-process, when endpoint is the emulator's)."""
+
+    endpoint: str
+    api_key: str
+    export_segment_id: str
+    attribute_name: str = "lexer_audience"
+    batch_cap: int = 75
+    batch_mode: str = "total"
+    array_cap: int = 100
+    rate_limit_requests: int = 3000
+    rate_limit_window_s: float = 3.0
+    max_in_flight: int = 8
+    max_retries: int = 6
+    export_fields: list[str] = []
+    emulator_dir: str = ""
+    emulator_bucket_root: str = ""
+    emulator_path_prefix: str = ""
+
+    def client(self) -> BrazeClient:
+        transport: httpx.AsyncBaseTransport | None = None
+        if self.endpoint == LOCAL_EMULATOR_ENDPOINT:
+            transport = httpx.ASGITransport(app=self.emulator_app())
+        return BrazeClient(
+            self.endpoint, self.api_key, transport=transport, batch_cap=self.batch_cap,
+            batch_mode=self.batch_mode, rate_limit_requests=self.rate_limit_requests,
+            rate_limit_window_s=self.rate_limit_window_s, max_in_flight=self.max_in_flight,
+            max_retries=self.max_retries,
+        )
+
+    def emulator_app(self) -> Any:
+        from lexer_assets.braze.emulator import EmulatorConfig, make_app
+
+        config = EmulatorConfig(bucket_root=Path(self.emulator_bucket_root),
+                                bucket_path_prefix=self.emulator_path_prefix, export_delay_s=0)
+        return make_app(Path(self.emulator_dir), config=config)
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Everything else a run needs to know: where inputs and state live, the as-of date, thresholds."""
+
+    home: str
+    audiences_file: str
+    orders_dir: str
+    bucket_path_prefix: str = ""
+    as_of: str = ""  # YYYY-MM-DD; empty = today (UTC)
+    export_settle_seconds: float = 2.0
+    export_timeout_seconds: float = 600.0
+    new_customer_days: int = 30
+    active_days: int = 90
+    lapsing_days: int = 180
+
+    def today(self) -> dt.date:
+        return dt.date.fromisoformat(self.as_of) if self.as_of else dt.datetime.now(dt.UTC).date()
+
+    def thresholds(self) -> LifecycleThresholds:
+        return LifecycleThresholds(new_customer_days=self.new_customer_days, active_days=self.active_days,
+                                   lapsing_days=self.lapsing_days)
+
+    def audiences(self) -> list[Audience]:
+        return load_audiences(Path(self.audiences_file))
+
+    @property
+    def raw_exports_dir(self) -> Path:
+        return Path(self.home) / "raw" / "braze-exports"
+
+
+def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The one place resources are chosen per profile."""
+    prod = settings.profile == "prod"
+    braze = settings.braze
+    bucket = settings.bucket
+    return {
+        "warehouse": WarehouseResource(path=str(settings.warehouse_path),
+                                       published_path=str(settings.published_store_path)),
+        "bucket": BucketResource(
+            local_root=str(bucket.local_root or ""),
+            bucket=bucket.bucket, region=bucket.region, path_prefix=bucket.path_prefix,
+            endpoint_url=bucket.endpoint_url, access_key_id=bucket.access_key_id,
+            secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY") if prod and bucket.secret_access_key else "",
+        ),
+        "braze": BrazeResource(
+            endpoint=braze.endpoint,
+            api_key=dg.EnvVar("BRAZE_API_KEY") if prod else braze.api_key.get(),
+            export_segment_id=braze.export_segment_id, attribute_name=braze.attribute_name,
+            batch_cap=braze.batch_cap, batch_mode=braze.batch_mode, array_cap=braze.array_cap,
+            rate_limit_requests=braze.rate_limit_requests, rate_limit_window_s=braze.rate_limit_window_s,
+            max_in_flight=braze.max_in_flight, max_retries=braze.max_retries,
+            export_fields=list(braze.export_fields),
+            emulator_dir=str(settings.emulator_dir) if not prod else "",
+            emulator_bucket_root=str(bucket.local_root or ""),
+            emulator_path_prefix=bucket.path_prefix,
+        ),
+        "pipeline": PipelineResource(
+            home=str(settings.home), audiences_file=str(settings.audiences_file),
+            orders_dir=str(settings.orders_dir), bucket_path_prefix=bucket.path_prefix,
+            as_of=settings.as_of.isoformat() if settings.as_of else "",
+            export_settle_seconds=settings.export_settle_seconds,
+            export_timeout_seconds=settings.export_timeout_seconds,
+            new_customer_days=settings.new_customer_days, active_days=settings.active_days,
+            lapsing_days=settings.lapsing_days,
+        ),
+    }

@@ -1,0 +1,220 @@
+"""`lexer-assets demo`: the whole loop on the local profile, with inputs prepared if missing.
+
+Inputs: a Braze population seeded into the local emulator and an order file in ``$LEXER_HOME/commerce/orders``.
+By default both come from the deterministic synthetic generator; with ``--orders FILE`` (e.g. the real CDNOW
+history) the file's customers become Braze users (their ids as ``external_id``) and its dates are shifted by a
+whole number of days so the newest order falls on yesterday (the shift is recorded in ``_import.json`` and shown
+as metadata on commerce/orders).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from lexer_assets.braze.emulator import EmulatorState
+from lexer_assets.commerce.order_files import auto_shift_days, load_orders
+from lexer_assets.defs.commerce import IMPORT_MANIFEST
+from lexer_assets.population import braze_users_for_customers, synthetic_population, write_orders_csv
+from lexer_assets.settings import LOCAL_EMULATOR_KEY, Settings
+from lexer_assets.storage.warehouse import Warehouse
+
+DEMO_MARKER = "demo-inputs.json"
+DEFAULT_CUSTOMERS = 20_000
+
+
+@dataclass(frozen=True)
+class DemoInputs:
+    source: str  # "synthetic" or the order file's absolute path
+    customers: int
+    seed: int
+    shift_days: int
+    prepared_on: str
+
+
+def _out(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def reset_state(settings: Settings) -> None:
+    """Forget every runtime state of the local profile (inputs, emulator, bucket, warehouse, raw copies)."""
+    for path in (settings.emulator_dir, settings.bucket.local_root, settings.warehouse_path.parent,
+                 settings.published_store_path.parent, settings.raw_exports_dir, settings.orders_dir,
+                 settings.home / DEMO_MARKER):
+        if path is None or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def prepare_inputs(settings: Settings, *, orders_file: Path | None, customers: int, seed: int,
+                   reset: bool = False, say: Callable[[str], None] = _out) -> DemoInputs:
+    """Seed the emulator and write the order file unless the same inputs are already in place."""
+    if settings.profile != "local":
+        raise SystemExit("the demo prepares local inputs; it runs on LEXER_PROFILE=local only")
+    source = str(orders_file.resolve()) if orders_file else "synthetic"
+    marker = settings.home / DEMO_MARKER
+    if marker.exists() and not reset:
+        existing = DemoInputs(**json.loads(marker.read_text()))
+        if existing.source == source and (orders_file or existing.customers == customers) and existing.seed == seed:
+            say(f"Using the inputs prepared on {existing.prepared_on} ({_describe(existing)}).")
+            return existing
+        say("Inputs differ from the previous demo: starting from a clean local state.")
+        reset = True
+    if reset:
+        reset_state(settings)
+    settings.orders_dir.mkdir(parents=True, exist_ok=True)
+    yesterday = settings.today() - dt.timedelta(days=1)
+    started = time.monotonic()
+    if orders_file:
+        if not orders_file.is_file():
+            raise SystemExit(f"order file not found: {orders_file}")
+        shift = auto_shift_days([orders_file], end_date=yesterday)
+        target = settings.orders_dir / orders_file.name
+        shutil.copyfile(orders_file, target)
+        customer_ids = _customer_ids(target, settings)
+        users = braze_users_for_customers(customer_ids, seed=seed, as_of=settings.today())
+        n = len(customer_ids)
+    else:
+        shift = 0
+        population = synthetic_population(customers, seed=seed, end_date=yesterday)
+        write_orders_csv(population.orders, settings.orders_dir / "orders.csv")
+        users = population.braze_users
+        n = customers
+    (settings.orders_dir / IMPORT_MANIFEST).write_text(json.dumps({"shift_days": shift, "source": source}))
+    seeded = EmulatorState(settings.emulator_dir).seed(
+        users, segment_id=settings.braze.export_segment_id, api_key=LOCAL_EMULATOR_KEY)
+    inputs = DemoInputs(source, n, seed, shift, dt.date.today().isoformat())
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(asdict(inputs)))
+    say(f"Prepared inputs: {_describe(inputs)}; {seeded:,} Braze users in the emulator "
+        f"({time.monotonic() - started:.1f} s).")
+    return inputs
+
+
+def _describe(inputs: DemoInputs) -> str:
+    if inputs.source == "synthetic":
+        return f"synthetic population of {inputs.customers:,} customers (seed {inputs.seed})"
+    return (f"order file {inputs.source} ({inputs.customers:,} customers, dates shifted by "
+            f"{inputs.shift_days:,} days)")
+
+
+def _customer_ids(order_file: Path, settings: Settings) -> list[str]:
+    """Distinct customer ids of an order file, read with the same reader commerce/orders uses."""
+    import duckdb
+
+    from lexer_assets.storage.warehouse import ensure_tables
+
+    conn = duckdb.connect()
+    ensure_tables(conn)
+    load_orders(conn, [order_file])
+    ids = [r[0] for r in conn.sql("SELECT DISTINCT customer_id FROM commerce.orders "
+                                   "WHERE customer_id IS NOT NULL ORDER BY 1").fetchall()]
+    conn.close()
+    return ids
+
+
+class _ProgressHandler(logging.Handler):
+    """Prints one line per step start/end and the assets' own info messages; hides Dagster's chatter."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        step = meta.get("step_key") or ""
+        if event is None:
+            if record.levelno >= logging.INFO and step:
+                _out(f"    {meta.get('orig_message', record.getMessage())}")
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            _out(f"  > {step.replace('__', '/')}")
+        elif kind == "STEP_SUCCESS":
+            _out(f"  ok {step.replace('__', '/')}")
+        elif kind == "STEP_FAILURE":
+            err = event.step_failure_data.error if event.step_failure_data else None
+            _out(f"  FAILED {step.replace('__', '/')}: {err.message.strip() if err else meta.get('orig_message')}")
+
+
+@dg.logger
+def progress_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
+    log = logging.getLogger("lexer_assets.demo")
+    log.setLevel(logging.INFO)
+    log.handlers = [_ProgressHandler()]
+    log.propagate = False
+    return log
+
+
+def local_instance(settings: Settings) -> dg.DagsterInstance:
+    """The same Dagster instance `make dev` uses, so demo runs show up in the UI's run history."""
+    from lexer_assets.instance import ensure_instance_config
+
+    home = ensure_instance_config(settings)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def run_loop(settings: Settings, *, partition_key: str | None = None, instance: dg.DagsterInstance | None = None,
+             quiet: bool = False) -> dg.ExecuteInProcessResult:
+    """Materialise the main job (every asset; today's audience partitions) in this process."""
+    from lexer_assets.definitions import MAIN_JOB, build_definitions
+
+    defs = build_definitions(settings, loggers=None if quiet else {"console": progress_logger})
+    job = defs.resolve_job_def(MAIN_JOB)
+    return job.execute_in_process(
+        partition_key=partition_key or settings.today().isoformat(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def summary_table(settings: Settings, run_id: str) -> str:
+    """Members, entered, exited, sent and failed per audience for the run that just finished."""
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+    with wh.connect() as conn:
+        rows = conn.execute(
+            """
+            WITH latest AS (SELECT audience_slug, max(snapshot_date) AS d FROM lexer.audience_history GROUP BY 1)
+            SELECT h.audience_name, h.snapshot_date, h.size, h.entered, h.exited,
+                   coalesce(r.sent, 0), coalesce(r.failed, 0)
+            FROM lexer.audience_history h JOIN latest l ON l.audience_slug = h.audience_slug AND l.d = h.snapshot_date
+            LEFT JOIN sync.braze_sync_runs r ON r.run_id = ? AND r.audience_name = h.audience_name
+            ORDER BY h.audience_name
+            """, [run_id]).fetchall()
+    header = ("audience", "day", "members", "entered", "exited", "sent", "failed")
+    table = [header, *[(str(r[0]), str(r[1]), *(f"{int(v):,}" for v in r[2:])) for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, *, orders_file: Path | None, customers: int, seed: int, reset: bool) -> int:
+    started = time.monotonic()
+    _out(f"lexer-assets demo: LEXER_HOME={settings.home}")
+    prepare_inputs(settings, orders_file=orders_file, customers=customers, seed=seed, reset=reset)
+    _out(f"Running job on partition {settings.today().isoformat()}:")
+    result = run_loop(settings, instance=local_instance(settings))
+    _out("")
+    if not result.success:
+        _out("The run failed (see the FAILED lines above). Nothing was lost: fix the cause and run again.")
+        return 1
+    _out(summary_table(settings, result.run_id))
+    _out("")
+    _out(f"Finished in {time.monotonic() - started:.1f} s.")
+    _out(f"Profile store (read-only copy for analysts): {settings.published_store_path}")
+    _out("  query it:   .venv/bin/lexer-assets query \"SELECT lifecycle_stage, count(*) FROM "
+         "lexer.customer_profiles GROUP BY 1\"")
+    _out("  check Braze: .venv/bin/lexer-assets verify")
+    _out("  open the UI: make dev   (then http://127.0.0.1:3000)")
+    return 0
+
