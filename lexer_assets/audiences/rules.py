@@ -264,6 +264,8 @@ class _Compiler:
     def audience_predicate(self, audience: Audience, stack: tuple[str, ...]) -> str:
         rules = audience.rules
         if not isinstance(rules, Mapping) or not rules:
+            if any(p.field == "rules" for p in audience.problems):
+                return "FALSE"  # already reported when the file was read
             self.problem(audience, line_of(rules, None, audience.line) if isinstance(rules, Mapping)
                          else audience.line, "rules", "no rules: say who is in the audience")
             return "FALSE"
