@@ -43,7 +43,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         if rel is None:
             return 0
         names = rel.columns
-        rows = rel.fetchmany(args.limit + 1)
+        rows = rel.limit(args.limit + 1).fetchall()
     except duckdb.Error as exc:
         print(f"query failed: {exc}", file=sys.stderr)
         return 1

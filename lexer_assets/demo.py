@@ -148,7 +148,7 @@ class _ProgressHandler(logging.Handler):
 @dg.logger
 def progress_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
     log = logging.getLogger("lexer_assets.demo")
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)  # step events arrive at DEBUG; the handler picks what to show
     log.handlers = [_ProgressHandler()]
     log.propagate = False
     return log
@@ -173,6 +173,8 @@ def run_loop(settings: Settings, *, partition_key: str | None = None, instance: 
         partition_key=partition_key or settings.today().isoformat(),
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
+        # Only a run config that names the logger makes the job use the definitions' console logger.
+        run_config=None if quiet else {"loggers": {"console": {}}},
     )
 
 

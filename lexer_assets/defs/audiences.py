@@ -1,7 +1,5 @@
 """One daily-partitioned asset per audience in the YAML: adding an audience adds an asset, nothing else."""
 
-from __future__ import annotations
-
 import datetime as dt
 from collections.abc import Sequence
 

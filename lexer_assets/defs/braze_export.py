@@ -1,7 +1,5 @@
 """Braze -> hub: request a segment export, notice it landed in the bucket, load it into DuckDB."""
 
-from __future__ import annotations
-
 import datetime as dt
 import shutil
 import time

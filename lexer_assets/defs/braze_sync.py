@@ -1,7 +1,5 @@
 """Hub -> Braze: keep the array attribute equal to the activated audiences each customer is in."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import dagster as dg

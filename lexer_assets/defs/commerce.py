@@ -1,7 +1,5 @@
 """The brand's commerce data: order files into `commerce.orders`."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

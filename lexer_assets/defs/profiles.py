@@ -1,7 +1,5 @@
 """The enriched customer table analysts query and audiences segment on."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from lexer_assets.defs.braze_export import users
