@@ -26,7 +26,12 @@ So ``{column: country, op: '!=', value: AU}`` leaves out customers with no count
 
 Values must match the column's type: numbers for numeric columns, text for text columns (quote YAML words
 like ``yes``/``no``/``on``, which YAML reads as booleans), ``YYYY-MM-DD`` dates for DATE columns, dates or ISO
-date-times for TIMESTAMP columns, true/false for BOOLEAN columns.
+date-times for TIMESTAMP columns, true/false for BOOLEAN columns. A date or timestamp value may also be
+relative to the as-of day: ``{days_ago: N}`` is the date N days before it, so
+``{column: dob, op: '>', value: {days_ago: 6570}}`` and ``{column: braze_created_at, op: '>=', value:
+{days_ago: 7}}`` work for any partition day (a timestamp is compared with midnight of that date).
+Text values of categorical columns (rfm_segment, lifecycle_stage, email_subscribe, ...) must be values
+the profile build really produces (:data:`PROFILE_VALUE_SETS`).
 
 Safety: column names are looked up in the known-column mapping and only the mapping's own key is written into
 the SQL, as a quoted identifier; every value (including N and the as-of day) is a bound ``?`` parameter. An
@@ -43,7 +48,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +60,7 @@ from lexer_assets.audiences.spec import (
     _type_name,
     line_of,
 )
+from lexer_assets.profiles import rfm
 
 COMBINATORS = ("all", "any", "not")
 WINDOWS = ("ordered_in_last_days", "no_order_in_last_days", "first_order_within_days")
@@ -64,6 +70,16 @@ CONDITION_KEYS = ("column", "op", "value")
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "between", "is null", "is not null", "contains")
 _OP_ALIASES = {"==": "=", "<>": "!="}
 MAX_WINDOW_DAYS = 36_500  # a century: anything longer is a typo
+# Values the profile build writes into categorical columns: a typo here would give an empty audience (and
+# for a maintain audience, remove the value from everyone in Braze), so such a value is an error.
+PROFILE_VALUE_SETS: dict[str, frozenset[str]] = {
+    "rfm_segment": frozenset((*rfm.SEGMENTS, rfm.NO_PURCHASES)),
+    "lifecycle_stage": frozenset(("new", "active", "lapsing", "lapsed", "never purchased")),
+    "email_subscribe": frozenset(("opted_in", "subscribed", "unsubscribed")),
+    "push_subscribe": frozenset(("opted_in", "subscribed", "unsubscribed")),
+    "gender": frozenset(("M", "F", "O", "N", "P")),
+    "age_band": frozenset(("under 18", "18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown")),
+}
 _RELATION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 _NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -162,6 +178,8 @@ def _coerce(value: Any, kind: str) -> Any:
     """The Python value to bind for a column of this kind; raises _NotCoercible with a reason."""
     if value is None:
         raise _NotCoercible("null is not a value here (use op: is null / is not null)")
+    if isinstance(value, dict) and kind in ("date", "timestamp"):
+        return _relative_date(value)
     if isinstance(value, list | dict):
         raise _NotCoercible(f"expected a single value; got {_type_name(value)}")
     if kind == "number":
@@ -205,6 +223,24 @@ def _coerce(value: Any, kind: str) -> Any:
     raise _NotCoercible("this column's type cannot be compared with a value")
 
 
+def _after(low: Any, high: Any) -> bool:
+    """low > high, where a relative date is compared with another relative date only."""
+    if isinstance(low, AsOfDate) and isinstance(high, AsOfDate):
+        return low.days_before < high.days_before
+    if isinstance(low, AsOfDate) or isinstance(high, AsOfDate):
+        return False
+    return bool(low > high)
+
+
+def _relative_date(value: dict) -> AsOfDate:
+    days = value.get("days_ago")
+    if set(value) != {"days_ago"} or isinstance(days, bool) or not isinstance(days, int) \
+            or not 0 <= days <= MAX_WINDOW_DAYS:
+        raise _NotCoercible(f"a relative date is written {{days_ago: N}} with N from 0 to {MAX_WINDOW_DAYS}; "
+                            f"got {dict(value)!r}")
+    return AsOfDate(days)
+
+
 def _bad_date(value: str) -> dt.date:
     raise ValueError(value)
 
@@ -219,8 +255,10 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 class _Compiler:
     """Walks a rule tree, emitting SQL text and params in the same left-to-right order."""
 
-    def __init__(self, audiences: Sequence[Audience], columns: Mapping[str, str], orders: str) -> None:
+    def __init__(self, audiences: Sequence[Audience], columns: Mapping[str, str], orders: str,
+                 known_values: Mapping[str, Collection[str]]) -> None:
         self.columns = dict(columns)
+        self.known_values = known_values
         self.orders = orders
         self.by_slug: dict[str, Audience] = {}
         for a in audiences:
@@ -355,7 +393,7 @@ class _Compiler:
             self.problem(audience, line, path, f"audiences refer to each other in a cycle: {text}")
             return "FALSE"
         target = self.by_slug[slug]
-        inner = _Compiler(list(self.by_slug.values()), self.columns, self.orders)
+        inner = _Compiler(list(self.by_slug.values()), self.columns, self.orders, self.known_values)
         predicate = inner.audience_predicate(target, (*stack, slug))
         if inner.problems:
             # the target's rule problems are reported against the target itself; here only point at it
@@ -427,6 +465,8 @@ class _Compiler:
                 if not isinstance(value, list) or not value:
                     return bad(f"'{op}' needs a non-empty list like [a, b]; got {_type_name(value)}")
                 items = [_coerce(v, kind) for v in value]
+                for item in items:
+                    self.check_known(column, item, bad)
                 marks = ", ".join("?" for _ in items)
                 if len(self.problems) > before:
                     return "FALSE"
@@ -437,7 +477,7 @@ class _Compiler:
                 if not isinstance(value, list) or len(value) != 2:
                     return bad(f"'between' needs [low, high]; got {_type_name(value)}")
                 low, high = (_coerce(v, kind) for v in value)
-                if low > high:
+                if _after(low, high):
                     return bad(f"'between' needs low <= high; got [{value[0]}, {value[1]}]")
                 if len(self.problems) > before:
                     return "FALSE"
@@ -446,6 +486,8 @@ class _Compiler:
             if op == "contains":
                 return self.contains(col, kind, column, value, bad, before)
             bound = _coerce(value, kind)
+            if op in ("=", "!="):
+                self.check_known(column, bound, bad)
         except _NotCoercible as exc:
             return bad(f"{exc}")
         if len(self.problems) > before:
@@ -453,6 +495,12 @@ class _Compiler:
         self.params.append(bound)
         sql_op = {"=": "=", "!=": "<>"}.get(op, op)
         return f"COALESCE({col} {sql_op} ?, FALSE)"
+
+    def check_known(self, column: str, value: Any, bad: Any) -> None:
+        allowed = self.known_values.get(column)
+        if allowed is not None and isinstance(value, str) and value not in allowed:
+            bad(f"{value!r} is not a value {column} takes{_suggest(value, sorted(allowed))}; "
+                f"values: {', '.join(sorted(allowed))}")
 
     def contains(self, col: str, kind: str, column: str, value: Any, bad: Any, before: int) -> str:
         if kind == "text":
@@ -504,10 +552,14 @@ def _check_relation(name: str, what: str) -> None:
 
 
 def _compile(audience: Audience, audiences: Sequence[Audience], columns: Mapping[str, str],
-             profiles: str, orders: str) -> tuple[CompiledAudience | None, list[AudienceProblem]]:
+             profiles: str, orders: str, known_values: Mapping[str, Collection[str]] | None = None,
+             ) -> tuple[CompiledAudience | None, list[AudienceProblem]]:
     _check_relation(profiles, "profiles")
     _check_relation(orders, "orders")
-    compiler = _Compiler(audiences, columns, orders)
+    if known_values is None:
+        known_values = {column: values for column, values in PROFILE_VALUE_SETS.items()
+                        if column_kind(columns.get(column, "")) == "text"}
+    compiler = _Compiler(audiences, columns, orders, known_values)
     problems = list(audience.problems)
     if "customer_id" not in columns:
         problems.append(AudienceProblem(audience.file, audience.line, audience.label(), None,
@@ -532,6 +584,7 @@ def compile_audience(
     profiles: str = "profiles_asof",
     orders: str = "orders_asof",
     as_of: dt.date | None = None,
+    known_values: Mapping[str, Collection[str]] | None = None,
 ) -> CompiledAudience:
     """Compile one audience's rules to ``SELECT DISTINCT customer_id FROM <profiles> p WHERE ...``.
 
@@ -542,10 +595,13 @@ def compile_audience(
     As-of day: pass ``as_of`` to get parameters ready for ``conn.execute(c.sql, c.params)``; or leave it out
     and call ``c.bind(day)`` per day (the params then hold :class:`AsOfDate` placeholders).
 
+    ``known_values``: column → the only values it holds; ``=``, ``!=``, ``in``, ``not in`` with any other
+    value is a problem (a typo would silently empty the audience). Default: :data:`PROFILE_VALUE_SETS`.
+
     Raises :class:`AudienceError` listing every problem (file, line, audience, field, message), including
     the audience's own field problems; a referenced audience that is broken is reported as one pointer.
     """
-    compiled, problems = _compile(audience, audiences, columns, profiles, orders)
+    compiled, problems = _compile(audience, audiences, columns, profiles, orders, known_values)
     if compiled is None:
         raise AudienceError(problems)
     if as_of is not None:
@@ -557,3 +613,68 @@ def rule_problems(audience: Audience, audiences: Sequence[Audience],
                   columns: Mapping[str, str]) -> list[AudienceProblem]:
     """Problems compiling this audience (its own field problems included); empty when it compiles."""
     return _compile(audience, audiences, columns, "profiles_asof", "orders_asof")[1]
+
+
+def describe_rules(rules: Any) -> str:
+    """The rules in plain words, for asset descriptions and `audiences preview` (not SQL, never executed)."""
+    return _describe(rules, top=True)
+
+
+def _describe(node: Any, top: bool = False) -> str:
+    if isinstance(node, list):
+        node = {"all": node}
+    if not isinstance(node, Mapping) or not node:
+        return "<invalid rule>"
+    if "column" in node:
+        op = node.get("op")
+        text = f"{node.get('column')} {op}"
+        if "value" in node:
+            text += f" {_describe_value(node['value'])}"
+        return text
+    if len(node) != 1:
+        return "<invalid rule>"
+    ((key, value),) = node.items()
+    if key in ("all", "any") and isinstance(value, list) and value:
+        joined = f" {'and' if key == 'all' else 'or'} ".join(_describe(v) for v in value)
+        return joined if top or len(value) == 1 else f"({joined})"
+    if key == "not":
+        return f"not ({_describe(value, top=True)})"
+    phrases = {"ordered_in_last_days": "ordered in the last {} days",
+               "no_order_in_last_days": "no order in the last {} days",
+               "first_order_within_days": "first order within the last {} days",
+               "in_audience": "in audience {!r}", "not_in_audience": "not in audience {!r}"}
+    if key in phrases:
+        return phrases[key].format(value)
+    return "<invalid rule>"
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe_value(v) for v in value) + "]"
+    if isinstance(value, Mapping) and set(value) == {"days_ago"}:
+        return f"{value['days_ago']} days before the as-of day"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return json.dumps(value) if isinstance(value, bool | None) else str(value)
+
+
+@dataclass(frozen=True)
+class AudiencePreview:
+    size: int
+    sample: list[str]
+
+
+def preview(conn: Any, compiled: CompiledAudience, *, sample_size: int = 10) -> AudiencePreview:
+    """Member count and the first ``sample_size`` customer ids (by id) on a DuckDB connection.
+
+    ``compiled`` must have its as-of day bound (``compile_audience(..., as_of=day)``) and the profiles and
+    orders relations it names must exist in ``conn``.
+    """
+    if compiled.needs_as_of:
+        raise ValueError("bind the as-of day first: compile_audience(..., as_of=day)")
+    size = conn.execute(compiled.count_sql(), compiled.params).fetchall()[0][0]
+    rows = conn.execute(compiled.sample_sql(), [*compiled.params, sample_size]).fetchall()
+    sample = [row[0] for row in rows]
+    return AudiencePreview(size=int(size), sample=sample)

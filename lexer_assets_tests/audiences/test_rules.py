@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from lexer_assets.audiences.rules import AsOfDate, compile_audience
+from lexer_assets.audiences.rules import AsOfDate, AudiencePreview, compile_audience, describe_rules, preview
 from lexer_assets.audiences.spec import Audience, AudienceError, load_audiences
 from lexer_assets.storage.catalog import CUSTOMER_PROFILES
 
@@ -67,7 +68,8 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> duckdb.DuckDBPyConnection:
     con.execute(f"CREATE TABLE profiles_asof ({cols})")
     for row in PROFILES:
         names = list(row)
-        con.execute(f"INSERT INTO profiles_asof ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+        marks = ", ".join("?" for _ in names)
+        con.execute(f"INSERT INTO profiles_asof ({', '.join(names)}) VALUES ({marks})",
                     [row[n] for n in names])
     con.execute("CREATE TABLE orders_asof (customer_id VARCHAR, order_id VARCHAR, order_date DATE, "
                 "units INTEGER, amount DOUBLE)")
@@ -169,7 +171,7 @@ def test_placeholders_are_bound_per_day_for_backfills(conn) -> None:
     assert compiled.needs_as_of
     assert all(isinstance(p, AsOfDate) for p in compiled.params)
     by_day = {day: {r[0] for r in conn.execute(compiled.sql, compiled.bind(day)).fetchall()}
-              for day in (dt.date(2024, 6, 30), dt.date(2024, 6, 20), dt.date(2024, 5, 1), dt.date(2024, 5, 2))}
+              for day in (AS_OF, dt.date(2024, 6, 20), dt.date(2024, 5, 1), dt.date(2024, 5, 2))}
     assert by_day == {dt.date(2024, 6, 30): {"c1"}, dt.date(2024, 6, 20): {"c2"},
                       dt.date(2024, 5, 1): {"c1"}, dt.date(2024, 5, 2): set()}
     # compiling with as_of gives the same list bind() gives
@@ -345,3 +347,80 @@ def test_count_and_sample_helpers(conn) -> None:
     compiled = compile_audience(audience(cond("orders", ">", 0)), [], COLUMNS, as_of=AS_OF)
     assert conn.execute(compiled.count_sql(), compiled.params).fetchall() == [(4,)]
     assert conn.execute(compiled.sample_sql(), [*compiled.params, 2]).fetchall() == [("c1",), ("c2",)]
+
+
+RELATIVE_DATE_CASES = [
+    # as of 2024-06-30: 10 days ago is 2024-06-20
+    (cond("braze_created_at", ">=", {"days_ago": 10}), {"c2", "c4"}),
+    (cond("braze_created_at", ">", {"days_ago": 0}), {"c4"}),  # after midnight of the as-of day
+    # born more than 18 * 365 days before the as-of day (2006-07-06): everyone with a dob
+    (cond("dob", "<", {"days_ago": 18 * 365}), {"c1", "c3", "c4", "c5"}),
+    # 2024-06-30 minus 8766 days (24 years incl. 6 leap days) is 2000-06-30
+    (cond("dob", "between", [{"days_ago": 20000}, {"days_ago": 8766}]), {"c1", "c3", "c5"}),
+]
+
+
+@pytest.mark.parametrize(("rule", "expected"), RELATIVE_DATE_CASES,
+                         ids=[str(r["value"]) for r, _ in RELATIVE_DATE_CASES])
+def test_dates_relative_to_the_as_of_day(conn, rule, expected) -> None:
+    assert members(conn, audience(rule)) == expected
+
+
+def test_relative_dates_move_with_the_day(conn) -> None:
+    compiled = compile_audience(audience(cond("braze_created_at", ">=", {"days_ago": 10})), [], COLUMNS)
+    run = {r[0] for r in conn.execute(compiled.sql, compiled.bind(dt.date(2023, 1, 5))).fetchall()}
+    # created on or after 2022-12-26: c1 (2023-01-01), c2, c4
+    assert run == {"c1", "c2", "c4"}
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    (cond("dob", ">", {"days_ago": -1}), "a relative date is written {days_ago: N}"),
+    (cond("dob", ">", {"days": 3}), "a relative date is written {days_ago: N}"),
+    (cond("revenue", ">", {"days_ago": 3}), "expected a single value; got a mapping"),
+    (cond("dob", "between", [{"days_ago": 5}, {"days_ago": 10}]), "needs low <= high"),
+])
+def test_bad_relative_dates(rule, message) -> None:
+    with pytest.raises(AudienceError, match=re.escape(message)):
+        compile_audience(audience(rule), [], COLUMNS)
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    (cond("rfm_segment", "=", "Champion"),
+     "'Champion' is not a value rfm_segment takes (did you mean 'Champions'?)"),
+    (cond("lifecycle_stage", "in", ["active", "Lapsing"]), "'Lapsing' is not a value lifecycle_stage takes"),
+    (cond("email_subscribe", "!=", "unsubscribe"), "(did you mean 'unsubscribed'?)"),
+    (cond("age_band", "not in", ["18 - 24"]), "values: 18-24, 25-34,"),
+])
+def test_values_a_categorical_column_never_holds_are_rejected(rule, message) -> None:
+    with pytest.raises(AudienceError) as caught:
+        compile_audience(audience(rule), [], COLUMNS)
+    assert message in str(caught.value)
+
+
+def test_known_values_can_be_given_or_switched_off(conn) -> None:
+    rule = cond("country", "=", "Atlantis")
+    with pytest.raises(AudienceError, match="'Atlantis' is not a value country takes"):
+        compile_audience(audience(rule), [], COLUMNS, known_values={"country": {"AU", "NZ"}})
+    assert compile_audience(audience(cond("rfm_segment", "=", "Someday")), [], COLUMNS, known_values={})
+    # contains and ordering comparisons are free text
+    assert members(conn, audience(cond("rfm_segment", "contains", "lose"))) == {"c5"}
+
+
+def test_describe_rules_in_plain_words() -> None:
+    rules = {"all": [{"any": [cond("rfm_segment", "=", "Champions"), cond("predicted_clv", ">=", 500)]},
+                     {"ordered_in_last_days": 365}, {"not": {"in_audience": "staff"}},
+                     cond("country", "is null"), cond("dob", "<", {"days_ago": 30}),
+                     cond("country", "in", ["AU", "NZ"]), cond("is_staff", "=", False)]}
+    assert describe_rules(rules) == (
+        "(rfm_segment = 'Champions' or predicted_clv >= 500) and ordered in the last 365 days and "
+        "not (in audience 'staff') and country is null and dob < 30 days before the as-of day and "
+        "country in ['AU', 'NZ'] and is_staff = false")
+    assert describe_rules([{"first_order_within_days": 7}]) == "first order within the last 7 days"
+    assert describe_rules({"bogus": 1}) == "<invalid rule>"
+
+
+def test_preview_counts_and_samples(conn) -> None:
+    compiled = compile_audience(audience({"no_order_in_last_days": 90}), [], COLUMNS, as_of=AS_OF)
+    assert preview(conn, compiled, sample_size=2) == AudiencePreview(size=4, sample=["c3", "c4"])
+    with pytest.raises(ValueError, match="bind the as-of day"):
+        preview(conn, compile_audience(audience({"no_order_in_last_days": 90}), [], COLUMNS))

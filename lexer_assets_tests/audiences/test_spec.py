@@ -122,7 +122,8 @@ def test_missing_slug(tmp_path: Path) -> None:
 
 def test_name_length_limit_is_255_characters(tmp_path: Path) -> None:
     long_name, limit_name = "x" * 256, "é" * 255
-    path = write(tmp_path, entry(long_name, "too_long") + entry(limit_name, "at_limit") + entry("Fine", "fine"))
+    path = write(tmp_path, entry(long_name, "too_long") + entry(limit_name, "at_limit")
+                 + entry("Fine", "fine"))
     audiences = load_audiences(path)  # a bad name never stops the others from loading
     too_long, at_limit, fine = audiences
     problems = validate_audience(too_long, audiences, COLUMNS)
@@ -187,12 +188,15 @@ def test_a_key_written_twice_is_reported_on_its_audience(tmp_path: Path) -> None
                                                     "    value: 1\n    value: 2\n"))
     a, b = load_audiences(path)
     assert validate_audience(a, [a, b], COLUMNS) == []
-    assert [(p.line, p.audience, p.field) for p in validate_audience(b, [a, b], COLUMNS)] == [(14, "B", "value")]
+    problems = validate_audience(b, [a, b], COLUMNS)
+    assert [(p.line, p.audience, p.field) for p in problems] == [(14, "B", "value")]
 
 
 def test_one_bad_audience_never_stops_the_others(tmp_path: Path) -> None:
-    path = write(tmp_path, entry("Good", "good") + entry("Bad", "bad", rules="{column: revnue, op: '>', value: 1}")
-                 + entry("Uses bad", "uses_bad", rules="{in_audience: bad}") + entry("Also good", "also_good"))
+    path = write(tmp_path, entry("Good", "good")
+                 + entry("Bad", "bad", rules="{column: revnue, op: '>', value: 1}")
+                 + entry("Uses bad", "uses_bad", rules="{in_audience: bad}")
+                 + entry("Also good", "also_good"))
     audiences = load_audiences(path)
     assert [a.slug for a in audiences] == ["good", "bad", "uses_bad", "also_good"]
     problems = validate_all(path, COLUMNS)
@@ -205,7 +209,8 @@ def test_one_bad_audience_never_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_validate_all_reports_a_cycle_once_per_audience(tmp_path: Path) -> None:
-    path = write(tmp_path, entry("A", "a", rules="{in_audience: b}") + entry("B", "b", rules="{in_audience: a}"))
+    path = write(tmp_path, entry("A", "a", rules="{in_audience: b}")
+                 + entry("B", "b", rules="{in_audience: a}"))
     problems = validate_all(path, COLUMNS)
     assert [(p.audience, p.line, p.message) for p in problems] == [
         ("A", 5, "audiences refer to each other in a cycle: a -> b -> a"),
@@ -234,7 +239,7 @@ def test_find_audience_by_slug_or_name(tmp_path: Path) -> None:
         find_audience(audiences, "lapsng_vip")
 
 
-# ---- the shipped file ----------------------------------------------------------------------------------------
+# ---- the shipped file ------------------------------------------------------------------------------------
 
 RFM_SEGMENTS = {"Champions", "Loyal", "Potential loyalist", "New", "Promising", "Needs attention",
                 "About to sleep", "At risk", "Can't lose them", "Hibernating", "Lost", "No purchases"}
@@ -263,7 +268,8 @@ def test_the_shipped_audiences_file_is_valid_and_realistic() -> None:
         assert a.description.strip() and a.owner.strip()
         compile_audience(a, audiences, COLUMNS)
     # every categorical value is one the profile build really produces
-    allowed = {"rfm_segment": RFM_SEGMENTS, "lifecycle_stage": LIFECYCLE_STAGES, "email_subscribe": EMAIL_STATES}
+    allowed = {"rfm_segment": RFM_SEGMENTS, "lifecycle_stage": LIFECYCLE_STAGES,
+               "email_subscribe": EMAIL_STATES}
     used = set()
     for a in audiences:
         for c in conditions(a.rules):
