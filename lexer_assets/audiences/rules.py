@@ -18,7 +18,8 @@ matching the profile column ``orders_last_90_days``.
 Operators: ``=  !=  <  <=  >  >=`` (numbers, text, dates, timestamps; ``=``/``!=`` also booleans),
 ``in`` / ``not in`` (a non-empty list), ``between`` (``[low, high]``, both ends included), ``is null`` /
 ``is not null`` (no value), ``contains`` (text: substring, case-sensitive; ``TYPE[]`` lists: element; JSON:
-an element of a JSON array or a key of a JSON object).
+an element of a JSON array or a key of a JSON object; numbers match as JSON text, so 1 and 1.0 differ).
+``in_audience`` uses the other audience's rules for the same day, whether or not that audience is enabled.
 
 Null semantics (the one thing to know): a condition on a column that is null is *false*, except ``is null``.
 So ``{column: country, op: '!=', value: AU}`` leaves out customers with no country, while

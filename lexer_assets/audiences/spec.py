@@ -29,6 +29,7 @@ a duplicate name), because those change which assets exist. Anything wrong insid
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 from collections.abc import Mapping, Sequence
@@ -188,6 +189,10 @@ class Audience:
     line: int = 1
     problems: tuple[AudienceProblem, ...] = ()
 
+    def __hash__(self) -> int:
+        # rules is a dict, so the generated hash would fail; file position and keys identify an entry
+        return hash((self.file, self.line, self.slug, self.name))
+
     def label(self) -> str:
         """How problems name the audience: its name, or its slug when the name is unusable."""
         return self.name or self.slug or f"#{self.line}"
@@ -210,6 +215,9 @@ def _type_name(value: Any) -> str:
         return f"number {value!r}"
     if isinstance(value, str):
         return f"text {value!r}"
+    if isinstance(value, dt.date):  # YAML reads an unquoted 2024-01-31 as a date
+        kind = "date-time" if isinstance(value, dt.datetime) else "date"
+        return f"{kind} {value.isoformat()}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

@@ -278,3 +278,15 @@ def test_the_shipped_audiences_file_is_valid_and_realistic() -> None:
                 assert set(values) <= allowed[c["column"]], (a.slug, values)
                 used.add(c["column"])
     assert used == set(allowed)
+
+
+def test_an_unquoted_yaml_date_for_a_text_column_is_named_as_a_date(tmp_path: Path) -> None:
+    path = write(tmp_path, entry("A", "a", rules="{column: home_city, op: '=', value: 2024-01-31}"))
+    assert "column is text; got date 2024-01-31" in str(validate_all(path, COLUMNS)[0])
+
+
+def test_audiences_are_hashable_and_equal_by_content(tmp_path: Path) -> None:
+    path = write(tmp_path, entry("A", "a") + entry("B", "b"))
+    first, second = load_audiences(path), load_audiences(path)
+    assert first == second
+    assert len({*first, *second}) == 2
