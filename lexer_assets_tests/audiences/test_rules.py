@@ -288,7 +288,7 @@ TYPE_MISMATCHES = [
     (cond("home_city", "contains", ""), "needs non-empty text"),
     (cond("revenue", "like", "x"), "unknown operator text 'like'"),
     (cond("revenue", "> 0 OR 1=1 --", 1), "unknown operator text '> 0 OR 1=1 --'"),
-    ({"in_audience": "vip'; DROP TABLE profiles_asof; --"}, "no audience with slug text 'vip'; DROP"),
+    ({"in_audience": "vip'; DROP TABLE profiles_asof; --"}, 'no audience with slug text "vip\'; DROP TABLE'),
     ({"column": "revenue", "value": 1}, "rules.op: missing"),
     ({"column": "revenue", "op": "=", "value": 1, "values": 2}, "unknown key in a condition"),
     ({"ordered_in_last_days": 0}, "whole number of days from 1 to 36500; got number 0"),
