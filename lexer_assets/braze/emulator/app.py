@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -197,7 +197,10 @@ class _Emulator:
 
     @staticmethod
     async def _json_body(request: Request) -> Any:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the client gave up (e.g. its timeout); nobody reads the answer
+            return _INVALID
         try:
             return json.loads(raw) if raw else None
         except ValueError:
