@@ -1,0 +1,411 @@
+"""Loading one Braze segment export into ``braze.users`` (and its bad lines into ``braze.export_rejects``).
+
+How it works
+------------
+Members are read with :mod:`lexer_assets.braze.export_files` (zip / gzip / plain by magic bytes, zip limits
+enforced) in a background thread, split into lines in bounded chunks and handed to DuckDB as Arrow batches of
+raw lines (file label, 1-based line number, bytes). DuckDB then does all per-line work in SQL: classify the
+line, parse it once with ``json_transform`` into the schema *we* fix (:data:`USER_JSON_SCHEMA`; nothing is
+inferred from the files, so keys first seen late, keys missing from a file, leading empty arrays and custom
+attributes whose type varies between users all land the same way) and write typed columns. Memory stays
+bounded by the batch size, not by the export size.
+
+Values
+------
+* ``custom_attributes``, ``custom_events``, ``purchases``, ``campaigns_received``, ``canvases_received`` are
+  kept as JSON exactly as exported (a JSON ``null`` or a missing key is SQL NULL).
+* ``user_aliases`` is always a JSON list: a single alias object is wrapped in a list, missing means ``[]``.
+  ``alias_name`` / ``alias_label`` come from the first alias.
+* ``created_at`` accepts ISO-8601 (``Z`` or an offset) and ``YYYY-MM-DD HH:MM:SS.fff UTC``; it is stored as a
+  UTC TIMESTAMP. An unparseable value is NULL. (A string without any zone is read in the session time zone.)
+* ``dob`` that is not a real date (e.g. 1991-02-29) is NULL, not a reject. ``total_revenue`` and
+  ``random_bucket`` accept numbers sent as strings; anything else that does not convert is NULL.
+* ``email_normalized`` = ``lower(trim(email))``, NULL when empty. Empty-string ids count as missing.
+* ``customer_id`` = ``external_id``, else ``'braze:' || braze_id``, else
+  ``'alias:' || alias_label || ':' || alias_name`` (both alias parts needed).
+
+Rejects
+-------
+A line goes to ``braze.export_rejects`` (file label, 1-based line number, reason, first 1,000 characters)
+with one of the reasons in :data:`REJECT_REASONS`; the load goes on. Blank lines (empty or only whitespace)
+are skipped silently and not counted. Line numbers count every line, blank ones included.
+
+Duplicates
+----------
+Rows are ranked by ``created_at`` (latest first, unknown last), then by position in the export (later file
+in the order given, later member, later line first). Collapsing is done in three passes over the survivors of
+the previous pass: one row per ``external_id``, then one per ``braze_id``, then one per ``customer_id`` (which
+also collapses repeated alias-only users). Every dropped row counts in ``LoadReport.duplicates``.
+
+Replacement and idempotency
+---------------------------
+``load_export`` replaces all of ``braze.users`` (it holds the newest export) and the
+``braze.export_rejects`` rows of this ``object_prefix``; it does not begin or commit a transaction (the caller
+does, so a failure leaves the previous data). Loading the same files again gives the same rows. An unsafe or
+unreadable export file raises :class:`~lexer_assets.braze.export_files.ExportFileError` and loads nothing
+further. An empty export
+(no files) empties ``braze.users``: guarding against replacing good data with an empty read is the caller's
+decision.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lexer_assets.braze.export_files import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_RATIO,
+    iter_ndjson_members,
+)
+from lexer_assets.storage.catalog import BRAZE_USERS
+
+REJECT_INVALID_JSON = "invalid JSON"
+REJECT_NOT_OBJECT = "not a JSON object"
+REJECT_NO_IDENTIFIER = "no identifier"
+REJECT_TOO_LONG = "line too long"
+REJECT_INVALID_UTF8 = "invalid UTF-8"
+REJECT_REASONS: tuple[str, ...] = (
+    REJECT_INVALID_JSON, REJECT_NOT_OBJECT, REJECT_NO_IDENTIFIER, REJECT_TOO_LONG, REJECT_INVALID_UTF8,
+)
+RAW_LINE_CHARS = 1000
+
+_BLANK = "blank"
+_READ_CHUNK = 8 * 1024**2
+_BATCH_BYTES = 48 * 1024**2
+_TOO_LONG_PREFIX = 4 * RAW_LINE_CHARS  # bytes kept of an over-long line: enough for 1,000 characters
+
+_SCALARS = ("external_id", "braze_id", "created_at", "first_name", "last_name", "email", "phone", "dob",
+            "gender", "country", "home_city", "language", "time_zone", "total_revenue", "random_bucket",
+            "email_subscribe", "push_subscribe")
+_JSONS = ("user_aliases", "custom_attributes", "custom_events", "purchases", "campaigns_received",
+          "canvases_received")
+# The raw schema is ours, not inferred: every scalar as text (numbers sent as strings and odd types survive
+# and are converted with try_cast below), every nested value as JSON text.
+USER_JSON_SCHEMA: dict[str, str] = {**{k: "VARCHAR" for k in _SCALARS}, **{k: "JSON" for k in _JSONS}}
+
+_BATCH_SCHEMA = pa.schema([
+    ("member_seq", pa.int32()),
+    ("export_file", pa.string()),
+    ("export_line", pa.int64()),
+    ("line", pa.string()),
+    ("line_bytes", pa.int64()),
+    ("flag", pa.string()),
+])
+
+
+@dataclass
+class LoadReport:
+    """What one load did. ``lines`` (non-blank lines read) = ``loaded`` + ``duplicates`` + ``rejected``."""
+
+    object_prefix: str
+    files: int
+    lines: int
+    loaded: int
+    duplicates: int
+    rejected: int
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    members: int = 0
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"object_prefix": self.object_prefix, "files": self.files, "members": self.members,
+                "lines": self.lines, "loaded": self.loaded, "duplicates": self.duplicates,
+                "rejected": self.rejected, "rejects_by_reason": dict(self.rejects_by_reason)}
+
+
+# ---------------------------------------------------------------------------------------------- line batches
+
+class _BatchBuilder:
+    """Collects raw lines into Arrow record batches of a bounded total size."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.nbytes = 0
+
+    def add(self, member_seq: int, label: str, first_line: int, lines: list[bytes],
+            flags: list[str | None] | None = None, line_bytes: list[int] | None = None) -> None:
+        if not lines:
+            return
+        n = len(lines)
+        raw = pa.array(lines, pa.binary())
+        lengths = pa.array(line_bytes, pa.int64()) if line_bytes is not None else pc.binary_length(raw).cast(
+            pa.int64())
+        try:
+            text = raw.cast(pa.string())  # validates UTF-8 for the whole chunk at C speed
+            flag_arr = pa.array(flags, pa.string()) if flags is not None else pa.nulls(n, pa.string())
+        except pa.ArrowInvalid:
+            text, flag_arr = _repair_utf8(lines, flags)
+        batch = pa.RecordBatch.from_arrays(
+            [pa.repeat(pa.scalar(member_seq, pa.int32()), n), pa.repeat(pa.scalar(label, pa.string()), n),
+             pa.array(range(first_line, first_line + n), pa.int64()), text, lengths, flag_arr],
+            schema=_BATCH_SCHEMA)
+        self.batches.append(batch)
+        self.nbytes += raw.nbytes
+
+    def take(self) -> pa.Table:
+        table = pa.Table.from_batches(self.batches, schema=_BATCH_SCHEMA)
+        self.batches, self.nbytes = [], 0
+        return table
+
+
+def _repair_utf8(lines: list[bytes], flags: list[str | None] | None) -> tuple[pa.Array, pa.Array]:
+    """Slow path for a chunk holding invalid UTF-8: flag those lines and keep a readable copy of them."""
+    texts: list[str] = []
+    out_flags: list[str | None] = list(flags) if flags is not None else [None] * len(lines)
+    for i, line in enumerate(lines):
+        try:
+            texts.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append(line.decode("utf-8", errors="replace"))
+            out_flags[i] = out_flags[i] or REJECT_INVALID_UTF8
+    return pa.array(texts, pa.string()), pa.array(out_flags, pa.string())
+
+
+def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line_bytes: int,
+                       max_member_bytes: int, max_ratio: float, counts: dict[str, int]) -> Iterator[pa.Table]:
+    """Split every member of every file into lines, yielding Arrow tables of about ``_BATCH_BYTES``."""
+    builder = _BatchBuilder()
+    member_seq = 0
+    for path, file_label in zip(files, labels, strict=True):
+        members = iter_ndjson_members(path, max_member_bytes=max_member_bytes, max_ratio=max_ratio)
+        for label, stream in members:
+            label = file_label + label[len(path.name):]  # keep the disambiguated file label
+            member_seq += 1
+            counts["members"] += 1
+            next_line = 1
+            carry = b""
+            overlong: tuple[bytes, int] | None = None  # (prefix kept, bytes seen) of a line past the limit
+            while chunk := stream.read(_READ_CHUNK):
+                if overlong is not None:
+                    cut = chunk.find(b"\n")
+                    if cut < 0:
+                        overlong = (overlong[0], overlong[1] + len(chunk))
+                        continue
+                    builder.add(member_seq, label, next_line, [overlong[0]], [REJECT_TOO_LONG],
+                                [overlong[1] + cut])
+                    next_line += 1
+                    overlong = None
+                    chunk = chunk[cut + 1:]
+                parts = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+                carry = parts.pop()
+                builder.add(member_seq, label, next_line, parts)
+                next_line += len(parts)
+                if len(carry) > max_line_bytes:
+                    # A line longer than the limit with no end in sight: keep its start, count the rest.
+                    overlong = (_clean_prefix(carry), len(carry))
+                    carry = b""
+                if builder.nbytes >= _BATCH_BYTES:
+                    yield builder.take()
+            if overlong is not None:
+                builder.add(member_seq, label, next_line, [overlong[0]], [REJECT_TOO_LONG], [overlong[1]])
+            elif carry:
+                builder.add(member_seq, label, next_line, [carry])
+    if builder.batches:
+        yield builder.take()
+
+
+def _clean_prefix(data: bytes) -> bytes:
+    return data[:_TOO_LONG_PREFIX].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def _prefetch(source: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Run ``source`` in a thread, so decompression overlaps with DuckDB's parsing of the previous batch."""
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="braze-export-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------- SQL
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_WS = "' ' || chr(9) || chr(10) || chr(13)"
+_TS_FORMATS = ("['%Y-%m-%d %H:%M:%S.%g UTC', '%Y-%m-%d %H:%M:%S UTC', "
+               "'%Y-%m-%dT%H:%M:%S.%gZ', '%Y-%m-%dT%H:%M:%SZ']")
+
+
+def _stage_sql(max_line_bytes: int) -> str:
+    schema = _sql_string(json.dumps(USER_JSON_SCHEMA))
+    return f"""
+CREATE OR REPLACE TEMP TABLE _braze_stage AS
+WITH classified AS (
+  SELECT member_seq, export_file, export_line, line,
+    CASE
+      WHEN flag IS NOT NULL THEN flag
+      WHEN line_bytes > {int(max_line_bytes)} THEN '{REJECT_TOO_LONG}'
+      WHEN trim(line, {_WS}) = '' THEN '{_BLANK}'
+      WHEN NOT json_valid(line) THEN '{REJECT_INVALID_JSON}'
+      WHEN json_type(line) <> 'OBJECT' THEN '{REJECT_NOT_OBJECT}'
+    END AS reason
+  FROM _braze_batch
+), parsed AS (
+  SELECT *, CASE WHEN reason IS NULL THEN json_transform(line, {schema}) END AS u FROM classified
+), fields AS (
+  SELECT member_seq, export_file, export_line, line, reason, u,
+    nullif(u.external_id, '') AS external_id,
+    nullif(u.braze_id, '') AS braze_id,
+    CASE
+      WHEN u.user_aliases IS NULL THEN '[]'::JSON
+      WHEN json_type(u.user_aliases) = 'ARRAY' THEN u.user_aliases
+      ELSE ('[' || u.user_aliases || ']')::JSON
+    END AS user_aliases
+  FROM parsed
+), ids AS (
+  SELECT *,
+    nullif(user_aliases ->> '$[0].alias_name', '') AS alias_name,
+    nullif(user_aliases ->> '$[0].alias_label', '') AS alias_label
+  FROM fields
+), judged AS (
+  SELECT * REPLACE (coalesce(reason,
+      CASE WHEN external_id IS NULL AND braze_id IS NULL AND (alias_name IS NULL OR alias_label IS NULL)
+           THEN '{REJECT_NO_IDENTIFIER}' END) AS reason)
+  FROM ids
+)
+SELECT member_seq, export_file, export_line, reason,
+  CASE WHEN reason IS NOT NULL THEN left(rtrim(line, chr(10) || chr(13)), {RAW_LINE_CHARS}) END AS raw_line,
+  coalesce(external_id, 'braze:' || braze_id, 'alias:' || alias_label || ':' || alias_name) AS customer_id,
+  external_id, braze_id, alias_name, alias_label, user_aliases,
+  coalesce(try_strptime(u.created_at, {_TS_FORMATS}),
+           try_cast(u.created_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC') AS created_at,
+  u.first_name AS first_name, u.last_name AS last_name, u.email AS email,
+  nullif(lower(trim(u.email)), '') AS email_normalized,
+  u.phone AS phone, try_cast(u.dob AS DATE) AS dob, u.gender AS gender, u.country AS country,
+  u.home_city AS home_city, u.language AS language, u.time_zone AS time_zone,
+  try_cast(u.total_revenue AS DOUBLE) AS total_revenue, try_cast(u.random_bucket AS INTEGER) AS random_bucket,
+  u.email_subscribe AS email_subscribe, u.push_subscribe AS push_subscribe,
+  u.custom_attributes AS custom_attributes, u.custom_events AS custom_events, u.purchases AS purchases,
+  u.campaigns_received AS campaigns_received, u.canvases_received AS canvases_received
+FROM judged
+"""
+
+
+def _file_labels(files: Sequence[Path]) -> list[str]:
+    """File labels for rows: the file name, or parent/name when two files share a name."""
+    names = Counter(p.name for p in files)
+    return [p.name if names[p.name] == 1 else f"{p.parent.name}/{p.name}" for p in files]
+
+
+def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, object_prefix: str,
+                work_dir: Path | None = None, max_line_bytes: int = 1_000_000,
+                max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+                max_ratio: float = DEFAULT_MAX_RATIO) -> LoadReport:
+    """Replace ``braze.users`` with the export in ``files`` and record its bad lines (see the module doc).
+
+    ``files`` are export files in the order they should be read (later wins ties between duplicates).
+    ``work_dir`` is accepted for callers that provide scratch space; members are streamed through memory in
+    bounded batches, so nothing is written there. Does not begin or commit a transaction.
+    """
+    files = [Path(f) for f in files]
+    labels = _file_labels(files)
+    conn.execute("DELETE FROM braze.users")
+    conn.execute("DELETE FROM braze.export_rejects WHERE object_prefix = ?", [object_prefix])
+    conn.execute("CREATE OR REPLACE TEMP TABLE _braze_keys (member_seq INTEGER, export_file VARCHAR, "
+                 "export_line BIGINT, external_id VARCHAR, braze_id VARCHAR, customer_id VARCHAR, "
+                 "created_at TIMESTAMP)")
+    user_cols = ", ".join(c for c in BRAZE_USERS.column_names if c not in ("object_prefix",))
+    stage_sql = _stage_sql(max_line_bytes)
+    prefix = _sql_string(object_prefix)
+    counts = {"members": 0}
+    try:
+        batches = _iter_line_batches(files, labels, max_line_bytes=max_line_bytes,
+                                     max_member_bytes=max_member_bytes, max_ratio=max_ratio, counts=counts)
+        for batch in _prefetch(batches):
+            conn.register("_braze_batch", batch)
+            try:
+                conn.execute(stage_sql)
+            finally:
+                conn.unregister("_braze_batch")
+            conn.execute(
+                "INSERT INTO braze.export_rejects (object_prefix, export_file, export_line, reason, "
+                f"raw_line) SELECT {prefix}, export_file, export_line, reason, raw_line FROM _braze_stage "
+                f"WHERE reason IS NOT NULL AND reason <> '{_BLANK}'")
+            conn.execute(
+                f"INSERT INTO braze.users ({user_cols}, object_prefix) "
+                f"SELECT {user_cols}, {prefix} FROM _braze_stage WHERE reason IS NULL")
+            conn.execute(
+                "INSERT INTO _braze_keys SELECT member_seq, export_file, export_line, external_id, braze_id, "
+                "customer_id, created_at FROM _braze_stage WHERE reason IS NULL")
+        duplicates = _collapse_duplicates(conn)
+        loaded = conn.execute("SELECT count(*) FROM braze.users").fetchone()[0]
+        by_reason = dict(conn.execute(
+            "SELECT reason, count(*) FROM braze.export_rejects WHERE object_prefix = ? GROUP BY reason "
+            "ORDER BY reason", [object_prefix]).fetchall())
+    finally:
+        conn.execute("DROP TABLE IF EXISTS _braze_stage")
+        conn.execute("DROP TABLE IF EXISTS _braze_keys")
+    rejected = sum(by_reason.values())
+    return LoadReport(object_prefix=object_prefix, files=len(files), lines=loaded + duplicates + rejected,
+                      loaded=loaded, duplicates=duplicates, rejected=rejected, rejects_by_reason=by_reason,
+                      members=counts["members"])
+
+
+def _collapse_duplicates(conn: duckdb.DuckDBPyConnection) -> int:
+    """Apply the three-pass duplicate rule of the module doc; return how many rows were dropped."""
+    order = "ORDER BY created_at DESC NULLS LAST, member_seq DESC, export_line DESC"
+    conn.execute(f"""
+CREATE OR REPLACE TEMP TABLE _braze_losers AS
+WITH pass1 AS (
+  SELECT *, external_id IS NULL
+            OR row_number() OVER (PARTITION BY external_id {order}) = 1 AS keep1 FROM _braze_keys
+), pass2 AS (
+  SELECT *, braze_id IS NULL
+            OR row_number() OVER (PARTITION BY braze_id {order}) = 1 AS keep2 FROM pass1 WHERE keep1
+), pass3 AS (
+  SELECT *, row_number() OVER (PARTITION BY customer_id {order}) = 1 AS keep3 FROM pass2 WHERE keep2
+)
+SELECT export_file, export_line FROM _braze_keys
+EXCEPT SELECT export_file, export_line FROM pass3 WHERE keep3
+""")
+    try:
+        losers = conn.execute("SELECT count(*) FROM _braze_losers").fetchone()[0]
+        if losers:
+            conn.execute("DELETE FROM braze.users u USING _braze_losers l "
+                         "WHERE u.export_file = l.export_file AND u.export_line = l.export_line")
+    finally:
+        conn.execute("DROP TABLE IF EXISTS _braze_losers")
+    return int(losers)
