@@ -5,6 +5,8 @@ Loading reads settings from the environment and the audiences YAML; it never tou
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from lexer_assets.audiences.spec import load_audiences
@@ -18,6 +20,9 @@ from lexer_assets.settings import Settings
 
 MAIN_JOB = "lexer_loop"
 
+# Audience assets use BackfillPolicy.single_run() (one run per backfilled range), a parameter Dagster marks beta.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
 
 def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinition] | None = None
                       ) -> dg.Definitions:
@@ -27,7 +32,7 @@ def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinit
     sync = build_sync_asset([audience_key(a) for a in audiences])
     assets = [export_request, segment_export, users, orders, customer_profiles, *audience_assets, sync]
     main_job = dg.define_asset_job(
-        MAIN_JOB, selection=dg.AssetSelection.all(), partitions_def=daily,
+        MAIN_JOB, selection=dg.AssetSelection.all(),
         description="The whole loop: export request -> landed files -> users -> orders -> profiles -> "
                     "audiences (today's partition) -> Braze sync.",
     )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from lexer_assets.braze.emulator import EmulatorConfig
+from lexer_assets.braze.emulator.server import RunningEmulator, start_in_thread
 from lexer_assets.settings import LOCAL_EMULATOR_KEY, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,41 +18,6 @@ SHARED = Path(os.environ.get("LEXER_SHARED_DIR", REPO.parent / "shared"))
 CDNOW_FILE = SHARED / "data" / "cdnow" / "CDNOW_master.txt"
 BRAZE_SAMPLE_BUCKET = SHARED / "data" / "braze-export-sample" / "bucket"
 COMMITTED_AUDIENCES = REPO / "data" / "audiences.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class EmulatorServer:
-    """The Braze emulator app served by uvicorn on a loopback port, in a background thread."""
-
-    def __init__(self, state_dir: Path, bucket_root: Path, **config: object) -> None:
-        import uvicorn
-
-        from lexer_assets.braze.emulator import EmulatorConfig, make_app
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = make_app(state_dir, config=EmulatorConfig(bucket_root=bucket_root, export_delay_s=0, **config))
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> EmulatorServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("emulator did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 def local_settings(home: Path, **env: str) -> Settings:
@@ -70,15 +34,16 @@ def audiences_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served_emulator(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Path]]:
+def served_emulator(tmp_path: Path) -> Iterator[tuple[RunningEmulator, Path]]:
     """An emulator over HTTP whose state and bucket live under ``tmp_path/home`` (the local profile's layout)."""
     home = tmp_path / "home"
     settings = local_settings(home)
     assert settings.bucket.local_root is not None
-    with EmulatorServer(settings.emulator_dir, settings.bucket.local_root) as server:
+    config = EmulatorConfig(bucket_root=settings.bucket.local_root, export_delay_s=0)
+    with start_in_thread(settings.emulator_dir, config=config) as server:
         yield server, home
 
 
-def http_settings(home: Path, server: EmulatorServer, **env: str) -> Settings:
+def http_settings(home: Path, server: RunningEmulator, **env: str) -> Settings:
     return local_settings(home, BRAZE_REST_ENDPOINT=server.url, BRAZE_API_KEY=env.pop("BRAZE_API_KEY",
                           LOCAL_EMULATOR_KEY), **env)

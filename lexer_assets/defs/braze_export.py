@@ -122,7 +122,7 @@ def users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         raw = [r[0] for r in conn.execute("SELECT raw_path FROM braze.export_files WHERE object_prefix = ? "
                                           "ORDER BY bucket_key", [object_prefix]).fetchall()]
     home = Path(pipeline.home)
-    work_dir = home / "tmp" / f"load-{context.run_id}"
+    work_dir = home / "tmp" / f"load-{context.run.run_id}"
     try:
         with wh.transaction() as conn:
             report = load_export(conn, [home / p for p in raw], object_prefix=object_prefix, work_dir=work_dir)

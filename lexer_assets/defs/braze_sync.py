@@ -51,7 +51,7 @@ def build_sync_asset(audience_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinitio
             report = run_sync(
                 warehouse.get(), client, audiences=synced_audiences(pipeline.audiences()),
                 attribute=braze.attribute_name, array_cap=braze.array_cap, batch_cap=braze.batch_cap,
-                run_id=context.run_id, dry_run=config.dry_run, log=context.log.info,
+                run_id=context.run.run_id, dry_run=config.dry_run, log=context.log.info,
             )
         except BrazeAuthError as exc:
             raise dg.Failure(description=f"sync stopped: {exc}. Nothing was lost: changes stay pending.") from None
