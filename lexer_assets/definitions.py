@@ -10,9 +10,11 @@ import warnings
 import dagster as dg
 
 from lexer_assets.audiences.spec import load_audiences
+from lexer_assets.defs import automation
 from lexer_assets.defs.audiences import audience_key, build_audience_asset
 from lexer_assets.defs.braze_export import export_request, segment_export, users
-from lexer_assets.defs.braze_sync import build_sync_asset
+from lexer_assets.defs.braze_sync import build_sync_asset, build_sync_checks
+from lexer_assets.defs.checks import build_checks
 from lexer_assets.defs.commerce import orders
 from lexer_assets.defs.profiles import customer_profiles
 from lexer_assets.defs.resources import resources_for
@@ -30,13 +32,22 @@ def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinit
     daily = dg.DailyPartitionsDefinition(start_date=settings.partitions_start.isoformat(), end_offset=1)
     audience_assets = [build_audience_asset(a, audiences, daily) for a in audiences]
     sync = build_sync_asset([audience_key(a) for a in audiences])
-    assets = [export_request, segment_export, users, orders, customer_profiles, *audience_assets, sync]
+    assets = automation.with_automation(
+        [export_request, segment_export, users, orders, customer_profiles, *audience_assets, sync], settings)
     main_job = dg.define_asset_job(
         MAIN_JOB, selection=dg.AssetSelection.all(),
         description="The whole loop: export request -> landed files -> users -> orders -> profiles -> "
                     "audiences (today's partition) -> Braze sync.",
     )
-    return dg.Definitions(assets=assets, jobs=[main_job], resources=resources_for(settings), loggers=loggers)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=[*build_checks(audiences), *build_sync_checks(audiences)],
+        jobs=[main_job],
+        schedules=automation.schedules(settings),
+        sensors=automation.sensors(settings),
+        resources=resources_for(settings),
+        loggers=loggers,
+    )
 
 
 defs = build_definitions(Settings.from_env())

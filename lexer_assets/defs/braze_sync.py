@@ -68,3 +68,8 @@ def build_sync_asset(audience_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinitio
         })
 
     return audience_sync
+
+
+def build_sync_checks(audiences: Sequence[Audience]) -> list[dg.AssetChecksDefinition]:
+    """The blocking safety guard between the audiences and the sync (none yet)."""
+    return []
