@@ -1,4 +1,4 @@
-"""`lexer-assets`: demo, query, verify, dev, emulator, audiences."""
+"""`lexer-assets`: demo, query, verify, doctor, dev, emulator, audiences."""
 
 from __future__ import annotations
 
@@ -81,6 +81,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"MISMATCH {m.customer_id}: hub says {sorted(m.expected)}, Braze holds {held}")
     print(f"verify: checked {report.checked:,} users; {len(report.mismatches):,} mismatch(es)")
     return 1 if report.mismatches else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the configuration end to end (Braze endpoint, key, permissions, segment; bucket) read-only."""
+    from lexer_assets.doctor import header, run_doctor
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print("  FAIL  settings  " + str(exc))
+        print("        fix: see .env.example and docs/production.md for every variable")
+        print("doctor: 1 problem(s) found")
+        return 1
+    print(header(settings))
+    report = run_doctor(settings, timeout_s=args.timeout)
+    print("\n".join(report.lines()))
+    return report.exit_code
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -175,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="compare what Braze holds with what the hub says")
     verify.add_argument("--show", type=int, default=20, help="mismatches to print")
     verify.set_defaults(func=cmd_verify)
+
+    doctor = sub.add_parser("doctor", help="check Braze and bucket settings end to end (changes nothing)")
+    doctor.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    doctor.set_defaults(func=cmd_doctor)
 
     dev = sub.add_parser("dev", help="open the Dagster UI on these definitions")
     dev.add_argument("--port", type=int, default=3000)

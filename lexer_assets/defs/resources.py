@@ -8,8 +8,10 @@ Prod profile: secrets are passed as ``dagster.EnvVar`` so the UI and run config 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 import httpx
@@ -17,7 +19,7 @@ import httpx
 from lexer_assets.audiences.spec import Audience, load_audiences
 from lexer_assets.braze.client import BrazeClient
 from lexer_assets.profiles.build import LifecycleThresholds
-from lexer_assets.settings import LOCAL_EMULATOR_ENDPOINT, Settings
+from lexer_assets.settings import LOCAL_EMULATOR_ENDPOINT, Settings, SettingsError
 from lexer_assets.storage.object_store import LocalFolderStore, ObjectStore, S3Store
 from lexer_assets.storage.warehouse import Warehouse
 
@@ -32,8 +34,20 @@ class WarehouseResource(dg.ConfigurableResource):
         return Warehouse(Path(self.path), Path(self.published_path))
 
 
-class BucketResource(dg.ConfigurableResource):
+class _MasksSecrets:
+    """Resolved resources hold secrets in plain fields: keep them out of repr/str (logs, errors, tracebacks)."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():  # type: ignore[misc]
+            yield name, ("***" if name in self._secret_fields and value else value)
+
+
+class BucketResource(_MasksSecrets, dg.ConfigurableResource):
     """The bucket Braze exports into: a local folder, or S3 through dagster-aws."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("secret_access_key",)
 
     local_root: str = ""
     bucket: str = ""
@@ -57,8 +71,10 @@ class BucketResource(dg.ConfigurableResource):
         return S3Store(S3Resource(**kwargs).get_client(), self.bucket)
 
 
-class BrazeResource(dg.ConfigurableResource):
+class BrazeResource(_MasksSecrets, dg.ConfigurableResource):
     """Braze REST API (or the local emulator, in-process, when endpoint is the emulator's)."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
 
     endpoint: str
     api_key: str
@@ -95,6 +111,19 @@ class BrazeResource(dg.ConfigurableResource):
         return make_app(Path(self.emulator_dir), config=config)
 
 
+class SyncResource(dg.ConfigurableResource):
+    """The Braze sync's safety guard limits, retry rule and confirmation recipients (LEXER_SYNC_*, LEXER_NOTIFY_*)."""
+
+    max_drop_share: float = 0.5
+    max_removals: int = 50_000
+    max_failed_runs: int = 3
+    smtp_host: str = ""
+    smtp_port: int = 25
+    notify_from: str = "lexer-assets@localhost"
+    notify_to: list[str] = []
+    webhook_url: str = ""
+
+
 class PipelineResource(dg.ConfigurableResource):
     """Everything else a run needs to know: where inputs and state live, the as-of date, thresholds."""
 
@@ -129,6 +158,13 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     prod = settings.profile == "prod"
     braze = settings.braze
     bucket = settings.bucket
+    if prod:
+        # Dagster resolves the EnvVars below from this process's environment when a run starts: settings read
+        # from any other mapping would silently run with different secrets.
+        for name, secret in (("BRAZE_API_KEY", braze.api_key), ("AWS_SECRET_ACCESS_KEY", bucket.secret_access_key)):
+            if os.environ.get(name, "") != secret.get():
+                raise SettingsError(f"{name} in the process environment differs from the prod settings given "
+                                    "(Dagster reads secrets from the environment); the values are not shown")
     return {
         "warehouse": WarehouseResource(path=str(settings.warehouse_path),
                                        published_path=str(settings.published_store_path)),
@@ -149,6 +185,15 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             emulator_dir=str(settings.emulator_dir) if not prod else "",
             emulator_bucket_root=str(bucket.local_root or ""),
             emulator_path_prefix=bucket.path_prefix,
+        ),
+        "sync": SyncResource(
+            max_drop_share=settings.sync.max_drop_share, max_removals=settings.sync.max_removals,
+            max_failed_runs=settings.sync.max_failed_runs, smtp_host=settings.sync.notify_smtp_host,
+            smtp_port=settings.sync.notify_smtp_port, notify_from=settings.sync.notify_from,
+            notify_to=list(settings.sync.notify_to),
+            # a chat webhook URL embeds a token: in prod the UI only shows the variable name
+            webhook_url=dg.EnvVar("LEXER_NOTIFY_WEBHOOK_URL") if prod and settings.sync.notify_webhook_url
+            else settings.sync.notify_webhook_url,
         ),
         "pipeline": PipelineResource(
             home=str(settings.home), audiences_file=str(settings.audiences_file),
