@@ -9,7 +9,10 @@ environment variable; a malformed value fails with a message naming that variabl
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +53,7 @@ class Secret:
         return hash(self._value)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -60,17 +63,22 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise SettingsError(f"{name} must be a {'positive ' if positive else ''}finite number, got {raw!r}")
+    return value
 
 
 def _date(env: Mapping[str, str], name: str, default: dt.date | None) -> dt.date | None:
@@ -87,6 +95,83 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     raw = env.get(name) or default
     if raw not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
+# ---- prod connection values: checked at load so a typo fails here, naming the variable, not mid-run --------
+# Braze REST hosts are rest.<cluster>.braze.com|eu (iad-01..08, us-10, au-01, fra-01/02, ...).
+BRAZE_REST_HOST = re.compile(r"^rest\.[a-z]{2,3}-\d{2}\.braze\.(com|eu)$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules (3-63 chars)
+_AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, eu-central-2, us-gov-west-1
+# Segment ids end up in bucket key prefixes: only characters that cannot form a path step.
+_SEGMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost / 127.0.0.0/8 / ::1 (a local emulator or test server, never a real service)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(env: Mapping[str, str], name: str, raw: str, *, https_only: bool, path_allowed: bool) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise SettingsError(f"{name} must be a URL such as https://rest.iad-01.braze.com, got {raw!r}")
+    if parts.username or parts.password:  # never echo it: the user part may hold a credential
+        raise SettingsError(f"{name} must not contain a user name or password (the value is not shown)")
+    if (parts.path.strip("/") and not path_allowed) or parts.query or parts.fragment:
+        raise SettingsError(f"{name} must be the bare endpoint without path or query "
+                            f"(e.g. https://{host}), got {raw!r}")
+    if https_only and parts.scheme != "https" and not is_loopback_host(host):
+        raise SettingsError(f"{name} must use https:// (plain http is only for a local emulator on "
+                            f"127.0.0.1/localhost), got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret:
+    raw = env.get(name, "")
+    # A trailing newline from a secrets file is the usual culprit; say so without ever showing the value.
+    if any(c.isspace() for c in raw) or not raw.isprintable():
+        raise SettingsError(f"{name} contains whitespace or control characters (a trailing newline from a "
+                            "secrets file?); the value is not shown")
+    return Secret(raw)
+
+
+def _matching(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str:
+    raw = env.get(name, "")
+    if not pattern.match(raw):
+        raise SettingsError(f"{name} must be {what}, got {raw!r}")
+    return raw
+
+
+def _s3_path(env: Mapping[str, str]) -> str:
+    raw = env.get("LEXER_S3_PATH", "")
+    path = raw.strip("/")
+    steps = path.split("/") if path else []
+    if "\\" in path or not path.isprintable() or any(s in ("", ".", "..") for s in steps):
+        raise SettingsError("LEXER_S3_PATH must be a plain key prefix like 'exports/braze' (no '..', '.', "
+                            f"empty steps or backslashes; blank if Braze has no path), got {raw!r}")
+    return path
+
+
+def _attribute_name(env: Mapping[str, str]) -> str:
+    raw = env.get("LEXER_BRAZE_ATTRIBUTE") or "lexer_audience"
+    # Braze custom attribute keys: at most 255 characters, not starting with '$' (reserved).
+    if len(raw) > 255 or raw.startswith("$") or not raw.isprintable() or not raw.strip():
+        raise SettingsError("LEXER_BRAZE_ATTRIBUTE must be a Braze custom attribute name (1-255 printable "
+                            f"characters, not starting with '$'), got {raw!r}")
     return raw
 
 
@@ -182,10 +267,10 @@ class Settings:
 
         if profile == "local":
             endpoint = env.get("BRAZE_REST_ENDPOINT") or LOCAL_EMULATOR_ENDPOINT
-            api_key = env.get("BRAZE_API_KEY") or LOCAL_EMULATOR_KEY
+            api_key = _secret(env, "BRAZE_API_KEY") or Secret(LOCAL_EMULATOR_KEY)
             bucket = BucketSettings(
                 local_root=Path(env.get("LEXER_BUCKET_DIR") or home / "bucket").resolve(),
-                path_prefix=env.get("LEXER_S3_PATH", "").strip("/"),
+                path_prefix=_s3_path(env),
             )
         else:
             missing = [n for n in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY", "BRAZE_EXPORT_SEGMENT_ID",
@@ -193,29 +278,47 @@ class Settings:
             if missing:
                 raise SettingsError(f"LEXER_PROFILE=prod needs {', '.join(missing)} to be set")
             endpoint = env["BRAZE_REST_ENDPOINT"]
-            api_key = env["BRAZE_API_KEY"]
+            api_key = _secret(env, "BRAZE_API_KEY")
+            # Both or neither: with neither, boto3's default credential chain (instance role, AWS_PROFILE, ...).
+            key_id, secret = env.get("AWS_ACCESS_KEY_ID", ""), _secret(env, "AWS_SECRET_ACCESS_KEY")
+            if bool(key_id) != bool(secret):
+                lacking = "AWS_SECRET_ACCESS_KEY" if key_id else "AWS_ACCESS_KEY_ID"
+                raise SettingsError(f"{lacking} must be set together with "
+                                    f"{'AWS_ACCESS_KEY_ID' if key_id else 'AWS_SECRET_ACCESS_KEY'} (or leave "
+                                    "both unset to use the default AWS credential chain)")
+            if key_id and not re.match(r"^[A-Z0-9]{16,128}$", key_id):
+                raise SettingsError(f"AWS_ACCESS_KEY_ID must look like AKIA... (16-128 upper-case letters and "
+                                    f"digits), got {key_id!r}")
+            endpoint_url = env.get("LEXER_S3_ENDPOINT_URL", "")
             bucket = BucketSettings(
                 local_root=None,
-                bucket=env["LEXER_S3_BUCKET"],
-                region=env["LEXER_S3_REGION"],
-                path_prefix=env.get("LEXER_S3_PATH", "").strip("/"),
-                endpoint_url=env.get("LEXER_S3_ENDPOINT_URL", ""),
-                access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
-                secret_access_key=Secret(env.get("AWS_SECRET_ACCESS_KEY", "")),
+                bucket=_matching(env, "LEXER_S3_BUCKET", _S3_BUCKET,
+                                 "an S3 bucket name (3-63 lower-case letters, digits, '.' and '-')"),
+                region=_matching(env, "LEXER_S3_REGION", _AWS_REGION, "an AWS region such as us-east-1"),
+                path_prefix=_s3_path(env),
+                endpoint_url=_url(env, "LEXER_S3_ENDPOINT_URL", endpoint_url, https_only=False,
+                                  path_allowed=True) if endpoint_url else "",
+                access_key_id=key_id,
+                secret_access_key=secret,
             )
-        if not endpoint.startswith(("http://", "https://")):
-            raise SettingsError(f"BRAZE_REST_ENDPOINT must start with https:// (got {endpoint!r})")
+        endpoint = _url(env, "BRAZE_REST_ENDPOINT", endpoint, https_only=profile == "prod", path_allowed=False)
+        segment_id = env.get("BRAZE_EXPORT_SEGMENT_ID") or DEFAULT_SEGMENT_ID
+        if not _SEGMENT_ID.match(segment_id):
+            raise SettingsError("BRAZE_EXPORT_SEGMENT_ID must be the segment's API identifier (letters, digits, "
+                                f"'-' and '_'), got {segment_id!r}")
 
         braze = BrazeSettings(
-            endpoint=endpoint.rstrip("/"),
-            api_key=Secret(api_key),
-            export_segment_id=env.get("BRAZE_EXPORT_SEGMENT_ID") or DEFAULT_SEGMENT_ID,
-            attribute_name=env.get("LEXER_BRAZE_ATTRIBUTE") or "lexer_audience",
-            batch_cap=_int(env, "LEXER_BRAZE_BATCH_CAP", 75, minimum=1),
+            endpoint=endpoint,
+            api_key=api_key,
+            export_segment_id=segment_id,
+            attribute_name=_attribute_name(env),
+            # Braze refuses more than 75 objects per /users/track request; some contracts allow only 50.
+            batch_cap=_int(env, "LEXER_BRAZE_BATCH_CAP", 75, minimum=1, maximum=75),
             batch_mode=_choice(env, "LEXER_BRAZE_BATCH_MODE", "total", ("total", "per_array")),
-            array_cap=_int(env, "LEXER_BRAZE_ARRAY_CAP", 100, minimum=1),
+            # Braze's array attribute limit is an account setting of at most 500 (older docs: 100).
+            array_cap=_int(env, "LEXER_BRAZE_ARRAY_CAP", 100, minimum=1, maximum=500),
             rate_limit_requests=_int(env, "LEXER_BRAZE_RATE_LIMIT", 3000, minimum=1),
-            rate_limit_window_s=_float(env, "LEXER_BRAZE_RATE_WINDOW_S", 3.0),
+            rate_limit_window_s=_float(env, "LEXER_BRAZE_RATE_WINDOW_S", 3.0, positive=True),
             max_in_flight=_int(env, "LEXER_BRAZE_MAX_IN_FLIGHT", 8, minimum=1),
             max_retries=_int(env, "LEXER_BRAZE_MAX_RETRIES", 6),
         )
@@ -229,7 +332,7 @@ class Settings:
             partitions_start=_date(env, "LEXER_PARTITIONS_START", dt.date(2026, 1, 1)),  # type: ignore[arg-type]
             as_of=_date(env, "LEXER_AS_OF", None),
             export_settle_seconds=_float(env, "LEXER_EXPORT_SETTLE_S", 2.0),
-            export_timeout_seconds=_float(env, "LEXER_EXPORT_TIMEOUT_S", 600.0),
+            export_timeout_seconds=_float(env, "LEXER_EXPORT_TIMEOUT_S", 600.0, positive=True),
             active_days=_int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1),
             lapsing_days=_int(env, "LEXER_LAPSING_DAYS", 180, minimum=1),
             new_customer_days=_int(env, "LEXER_NEW_CUSTOMER_DAYS", 30, minimum=1),
