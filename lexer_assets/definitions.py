@@ -41,7 +41,7 @@ def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinit
     )
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*build_checks(audiences), *build_sync_checks(audiences)],
+        asset_checks=[*build_checks(audiences, settings), *build_sync_checks(audiences)],
         jobs=[main_job],
         schedules=automation.schedules(settings),
         sensors=automation.sensors(settings),

@@ -1,4 +1,8 @@
-"""The local Dagster instance (`$LEXER_HOME/dagster`): run history kept between restarts, one DuckDB writer."""
+"""The local Dagster instance (`$LEXER_HOME/dagster`): run history kept between restarts, one DuckDB writer.
+
+Keys checked against the Dagster 1.13 `dagster.yaml` reference (concurrency pools, run queue, retention) and by
+starting `dagster dev` with this file (lexer_assets_tests/test_ui_end_to_end.py).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,42 @@ from pathlib import Path
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL
 from lexer_assets.settings import Settings
 
+_HEADER = "# Written by lexer-assets for the local profile"
+
 INSTANCE_YAML = f"""\
-# Written by lexer-assets for the local profile (LEXER_HOME/dagster). Runs, event logs and schedules are kept in
-# SQLite files in this folder, so run history survives restarts of `make dev`.
+{_HEADER} (LEXER_HOME/dagster). Edit freely: once the first line is changed,
+# lexer-assets never rewrites this file.
+#
+# Run history: runs, event logs and schedule/sensor state live in SQLite files under this folder (Dagster's
+# default storage for a DAGSTER_HOME), so history survives restarts of `make dev`; nothing purges runs.
 concurrency:
   pools:
-    # The only pool is '{DUCKDB_WRITER_POOL}' (every asset that writes DuckDB): one writer at a time, across runs.
+    # Every asset that writes the DuckDB working file runs in pool '{DUCKDB_WRITER_POOL}' (the only pool): one
+    # writer step at a time across all runs, so runs queue instead of failing on DuckDB's file lock.
     default_limit: 1
+    granularity: op
   runs:
     max_concurrent_runs: 4
+# The landing sensors tick every LEXER_LANDING_SENSOR_INTERVAL_S; keep their skipped ticks for a week only.
+retention:
+  schedule:
+    purge_after_days: 90
+  sensor:
+    purge_after_days:
+      skipped: 7
+      failure: 30
+      success: -1
 telemetry:
   enabled: false
 """
 
 
 def ensure_instance_config(settings: Settings) -> Path:
+    """Write `dagster.yaml` under `$LEXER_HOME/dagster` (or refresh our own older copy); return that folder."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    current = config.read_text() if config.exists() else None
+    if current is None or (current.startswith(_HEADER) and current != INSTANCE_YAML):
         config.write_text(INSTANCE_YAML)
     return home
