@@ -20,6 +20,10 @@ def identifier_problem(obj: object) -> str | None:
     Braze needs one of external_id, user_alias {alias_name, alias_label}, braze_id, email or phone; a
     blank or wrongly typed identifier counts as missing (Braze would refuse it anyway, after a round trip).
     """
+    if type(obj) is dict and "user_alias" not in obj:  # fast path for the common case (hot loop)
+        external_id = obj.get("external_id")
+        if type(external_id) is str and external_id.strip():
+            return None
     if not isinstance(obj, Mapping):
         return f"not a JSON object (got {type(obj).__name__})"
     alias = obj.get("user_alias")
