@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import duckdb
 
@@ -75,6 +75,20 @@ def _d(value: date) -> str:
     return f"DATE '{value.isoformat()}'"
 
 
+# Order identity -> profile customer_id: external_id first, else the normalised email (oldest Braze profile
+# when several share it). Used by create_attributed_orders and by build_profiles, so both attach alike.
+_IDENTITY_CTES = """
+by_external AS (
+  SELECT external_id, min(customer_id) AS customer_id FROM braze.users
+  WHERE external_id IS NOT NULL GROUP BY external_id
+),
+by_email AS (
+  SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
+         AS customer_id
+  FROM braze.users WHERE email_normalized IS NOT NULL GROUP BY email_normalized
+)"""
+
+
 def create_attributed_orders(conn: duckdb.DuckDBPyConnection, *, as_of: date,
                              name: str = "orders_asof") -> None:
     """Create TEMP table ``name`` (customer_id, order_id, order_date, units, amount): the orders on or before
@@ -88,20 +102,48 @@ def create_attributed_orders(conn: duckdb.DuckDBPyConnection, *, as_of: date,
     conn.execute(
         f"""
 CREATE OR REPLACE TEMP TABLE {name} AS
-WITH by_external AS (
-  SELECT external_id, min(customer_id) AS customer_id FROM braze.users
-  WHERE external_id IS NOT NULL GROUP BY external_id
-),
-by_email AS (
-  SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
-         AS customer_id
-  FROM braze.users WHERE email_normalized IS NOT NULL GROUP BY email_normalized
-)
+WITH {_IDENTITY_CTES}
 SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, o.order_id, o.order_date, o.units, o.amount
 FROM commerce.orders o
 LEFT JOIN by_external x ON x.external_id = o.customer_id
 LEFT JOIN by_email e ON e.email_normalized = o.email
 WHERE o.order_date <= {_d(as_of)} AND coalesce(x.customer_id, e.customer_id) IS NOT NULL
+"""
+    )
+
+
+def _create_identity_totals(conn: duckdb.DuckDBPyConnection, *, as_of: date, name: str) -> None:
+    """TEMP table: order totals per order identity (customer id, email) up to as_of, with the profile
+    customer_id it attaches to (NULL when none).
+
+    Every commerce column is a sum/min/max/filtered count, so totals per identity roll up exactly to totals
+    per profile; joining ~1 row per identity instead of every order line to the users keeps the build close
+    to the cost of the bare aggregate.
+    """
+    a = _d(as_of)
+    t = _d(as_of - timedelta(days=clv.CLV_HORIZON_DAYS))
+    conn.execute(
+        f"""
+CREATE OR REPLACE TEMP TABLE {name} AS
+WITH {_IDENTITY_CTES},
+by_identity AS (
+  SELECT customer_id AS order_customer_id, email AS order_email,
+         count(*) AS orders,
+         sum(units) AS units,
+         sum(CAST(amount AS DECIMAL(18, 4))) AS revenue,
+         min(order_date) AS first_order_date,
+         max(order_date) AS last_order_date,
+         count(*) FILTER (WHERE order_date > {a} - 90) AS orders_last_90_days,
+         sum(CAST(amount AS DECIMAL(18, 4))) FILTER (WHERE order_date > {a} - 365) AS revenue_last_365_days,
+         count(*) FILTER (WHERE order_date <= {t}) AS fit_orders,
+         max(order_date) FILTER (WHERE order_date <= {t}) AS fit_last_order_date
+  FROM commerce.orders WHERE order_date <= {a}
+  GROUP BY ALL
+)
+SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, b.*
+FROM by_identity b
+LEFT JOIN by_external x ON x.external_id = b.order_customer_id
+LEFT JOIN by_email e ON e.email_normalized = b.order_email
 """
     )
 
@@ -128,42 +170,48 @@ def _lifecycle_sql(t: LifecycleThresholds) -> str:
 
 
 def _engagement_sql(as_of: date) -> str:
+    """Every braze.users column plus Braze engagement in the 90 days ending on as_of and all-time event
+    counts (computed on the user row itself: no join back on customer_id).
+
+    JSON that is not a list of objects counts as empty (never an error); a campaign counts in the window when
+    its ``last_received`` falls on one of the 90 days ending on as_of; a canvas by ``last_received_message``
+    (else ``last_received``, else ``last_entered``).
+    """
     a = _d(as_of)
     in_window = f"(CAST(x.ts AS DATE) > {a} - {ENGAGEMENT_WINDOW_DAYS} AND CAST(x.ts AS DATE) <= {a})"
+    campaign_type = '[{"last_received": "VARCHAR", "engaged": "MAP(VARCHAR, BOOLEAN)"}]'
+    canvas_type = '[{"last_received_message": "VARCHAR", "last_received": "VARCHAR", "last_entered": "VARCHAR"}]'
     count_type = '[{"count": "BIGINT"}]'
     return f"""
-SELECT customer_id,
-  CAST(len(list_filter(camps, lambda x: {in_window})) + len(list_filter(canvases, lambda x: {in_window}))
-       AS INTEGER) AS messages_received_90d,
-  CAST(len(list_filter(camps, lambda x: {in_window} AND x.opened)) AS INTEGER) AS email_opens_90d,
-  CAST(len(list_filter(camps, lambda x: {in_window} AND x.clicked)) AS INTEGER) AS email_clicks_90d,
-  list_max(list_transform(list_filter(camps, lambda x: x.engaged_any AND CAST(x.ts AS DATE) <= {a}),
-                          lambda x: x.ts)) AS last_engaged_at,
-  CAST(coalesce(list_sum(list_transform(from_json(purchases, '{count_type}'), lambda p: p.count)), 0)
-       AS INTEGER) AS braze_purchase_count,
-  CAST(coalesce(list_sum(list_transform(from_json(custom_events, '{count_type}'), lambda p: p.count)), 0)
-       AS INTEGER) AS braze_custom_event_count
+SELECT * EXCLUDE (camps, canvases),
+  len(list_filter(camps, lambda x: {in_window}))
+    + len(list_filter(canvases, lambda x: {in_window})) AS messages_received_90d,
+  len(list_filter(camps, lambda x: {in_window} AND coalesce(x.engaged['opened_email'], false))) AS email_opens_90d,
+  len(list_filter(camps, lambda x: {in_window} AND coalesce(x.engaged['clicked_email'], false)))
+    AS email_clicks_90d,
+  list_max(list_transform(
+    list_filter(camps, lambda x: coalesce(list_bool_or(map_values(x.engaged)), false)
+                                 AND CAST(x.ts AS DATE) <= {a}),
+    lambda x: x.ts)) AS last_engaged_at,
+  coalesce(list_sum(list_transform(from_json(purchases, '{count_type}'), lambda p: p.count)), 0)
+    AS braze_purchase_count,
+  coalesce(list_sum(list_transform(from_json(custom_events, '{count_type}'), lambda p: p.count)), 0)
+    AS braze_custom_event_count
 FROM (
-  SELECT customer_id, purchases, custom_events,
-    coalesce(list_transform(
-      CASE WHEN json_type(campaigns_received) = 'ARRAY' THEN json_extract(campaigns_received, '$[*]') END,
-      lambda j: {{
-        'ts': TRY_CAST(j ->> 'last_received' AS TIMESTAMP),
-        'opened': coalesce(TRY_CAST(j -> 'engaged' ->> 'opened_email' AS BOOLEAN), false),
-        'clicked': coalesce(TRY_CAST(j -> 'engaged' ->> 'clicked_email' AS BOOLEAN), false),
-        'engaged_any': coalesce(contains(CAST(j -> 'engaged' AS VARCHAR), 'true'), false)
-      }}), []) AS camps,
-    coalesce(list_transform(
-      CASE WHEN json_type(canvases_received) = 'ARRAY' THEN json_extract(canvases_received, '$[*]') END,
-      lambda j: {{'ts': TRY_CAST(coalesce(j ->> 'last_received_message', j ->> 'last_received',
-                                            j ->> 'last_entered') AS TIMESTAMP)}}), []) AS canvases
+  SELECT *,
+    coalesce(list_transform(from_json(campaigns_received, '{campaign_type}'),
+      lambda j: {{'ts': TRY_CAST(j.last_received AS TIMESTAMP), 'engaged': j.engaged}}), []) AS camps,
+    coalesce(list_transform(from_json(canvases_received, '{canvas_type}'),
+      lambda j: {{'ts': TRY_CAST(coalesce(j.last_received_message, j.last_received, j.last_entered)
+                                 AS TIMESTAMP)}}), []) AS canvases
   FROM braze.users
 )
 """
 
 
-def profiles_select_sql(*, as_of: date, thresholds: LifecycleThresholds, orders: str = "orders_asof") -> str:
-    """The SELECT giving exactly the CUSTOMER_PROFILES columns (catalog order and types) as of ``as_of``."""
+def profiles_select_sql(*, as_of: date, thresholds: LifecycleThresholds, identity_totals: str) -> str:
+    """The SELECT giving exactly the CUSTOMER_PROFILES columns (catalog order and types) as of ``as_of``,
+    from the per-identity order totals made by ``_create_identity_totals``."""
     a = _d(as_of)
     countries = ", ".join(f"'{c}'" for c in sorted(ISO_COUNTRY_CODES))
     expressions = {
@@ -203,14 +251,14 @@ def profiles_select_sql(*, as_of: date, thresholds: LifecycleThresholds, orders:
         "monetary_score": "c.monetary_score",
         "rfm_segment": rfm.segment_sql("c.recency_score", "c.frequency_score", "c.monetary_score"),
         "lifecycle_stage": _lifecycle_sql(thresholds),
-        "predicted_clv": "coalesce(v.predicted_clv, 0)",
-        "messages_received_90d": "g.messages_received_90d",
-        "email_opens_90d": "g.email_opens_90d",
-        "email_clicks_90d": "g.email_clicks_90d",
-        "last_engaged_at": "g.last_engaged_at",
+        "predicted_clv": "coalesce(c.predicted_clv, 0)",
+        "messages_received_90d": "u.messages_received_90d",
+        "email_opens_90d": "u.email_opens_90d",
+        "email_clicks_90d": "u.email_clicks_90d",
+        "last_engaged_at": "u.last_engaged_at",
         "braze_total_revenue": "u.total_revenue",
-        "braze_purchase_count": "g.braze_purchase_count",
-        "braze_custom_event_count": "g.braze_custom_event_count",
+        "braze_purchase_count": "u.braze_purchase_count",
+        "braze_custom_event_count": "u.braze_custom_event_count",
         "custom_attributes": "u.custom_attributes",
         "as_of_date": a,
     }
@@ -223,31 +271,32 @@ def profiles_select_sql(*, as_of: date, thresholds: LifecycleThresholds, orders:
     return f"""
 WITH commerce AS (
   SELECT customer_id,
-         count(*) AS orders,
+         sum(orders) AS orders,
          sum(units) AS units,
-         sum(CAST(amount AS DECIMAL(18, 4)))::DOUBLE AS revenue,
-         min(order_date) AS first_order_date,
-         max(order_date) AS last_order_date,
-         count(*) FILTER (WHERE order_date > {a} - 90) AS orders_last_90_days,
-         coalesce(sum(CAST(amount AS DECIMAL(18, 4))) FILTER (WHERE order_date > {a} - 365), 0)::DOUBLE
-           AS revenue_last_365_days
-  FROM {orders} GROUP BY customer_id
+         sum(revenue)::DOUBLE AS revenue,
+         min(first_order_date) AS first_order_date,
+         max(last_order_date) AS last_order_date,
+         sum(orders_last_90_days) AS orders_last_90_days,
+         coalesce(sum(revenue_last_365_days), 0)::DOUBLE AS revenue_last_365_days,
+         coalesce(sum(revenue_last_365_days), 0)::DOUBLE AS revenue_last_horizon,
+         sum(fit_orders) AS fit_orders,
+         max(fit_last_order_date) AS fit_last_order_date
+  FROM {identity_totals} WHERE customer_id IS NOT NULL GROUP BY customer_id
 ),
+{rfm.score_ctes_sql("commerce")},
 scored AS (
-  SELECT *, {a} - last_order_date AS days_since_last_order, {a} - first_order_date AS tenure_days,
-         {rfm.quintile_score_sql("last_order_date")} AS recency_score,
-         {rfm.quintile_score_sql("orders")} AS frequency_score,
-         {rfm.quintile_score_sql("revenue")} AS monetary_score
-  FROM commerce
+  SELECT c.*, {a} - c.last_order_date AS days_since_last_order, {a} - c.first_order_date AS tenure_days,
+         r.score AS recency_score, f.score AS frequency_score, m.score AS monetary_score
+  FROM commerce c
+  JOIN rfm_recency r ON r.v = c.last_order_date
+  JOIN rfm_frequency f ON f.v = c.orders
+  JOIN rfm_monetary m ON m.v = c.revenue
 ),
-clv AS ({clv.clv_predictions_sql(orders, as_of)}),
-engagement AS ({_engagement_sql(as_of)})
+clv AS ({clv.clv_predictions_sql("scored", as_of, keep_columns=True)})
 SELECT
   {select}
-FROM braze.users u
-LEFT JOIN scored c ON c.customer_id = u.customer_id
-LEFT JOIN clv v ON v.customer_id = u.customer_id
-LEFT JOIN engagement g ON g.customer_id = u.customer_id
+FROM ({_engagement_sql(as_of)}) u
+LEFT JOIN clv c ON c.customer_id = u.customer_id
 """
 
 
@@ -261,19 +310,25 @@ def build_profiles(conn: duckdb.DuckDBPyConnection, *, as_of: date,
     Nothing here commits: the caller owns the transaction.
     """
     _check_name(target)
-    orders = "_profiles_orders_asof"
-    create_attributed_orders(conn, as_of=as_of, name=orders)
+    totals = "_profile_identity_totals"
+    _create_identity_totals(conn, as_of=as_of, name=totals)
     kind = "TABLE" if "." in target else "TEMP TABLE"
-    select = profiles_select_sql(as_of=as_of, thresholds=thresholds, orders=orders)
-    conn.execute(f"CREATE OR REPLACE {kind} {target} AS {select}")
+    select = profiles_select_sql(as_of=as_of, thresholds=thresholds, identity_totals=totals)
+    # Row order carries no meaning here; letting DuckDB write in any order lets it write in parallel.
+    keep_order = conn.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    conn.execute("SET preserve_insertion_order = false")
+    try:
+        conn.execute(f"CREATE OR REPLACE {kind} {target} AS {select}")
+    finally:
+        conn.execute(f"SET preserve_insertion_order = {'true' if keep_order else 'false'}")
     customers, with_orders = conn.execute(
         f"SELECT count(*), count(*) FILTER (WHERE orders > 0) FROM {target}"
     ).fetchall()[0]
     unmatched_orders, unmatched_ids = conn.execute(
-        f"""SELECT count(*), count(DISTINCT coalesce('id:' || o.customer_id, 'email:' || o.email))
-            FROM commerce.orders o ANTI JOIN {orders} a ON a.order_id = o.order_id
-            WHERE o.order_date <= {_d(as_of)}"""
+        f"""SELECT coalesce(sum(orders), 0),
+                   count(DISTINCT coalesce('id:' || order_customer_id, 'email:' || order_email))
+            FROM {totals} WHERE customer_id IS NULL"""
     ).fetchall()[0]
-    conn.execute(f"DROP TABLE {orders}")
+    conn.execute(f"DROP TABLE {totals}")
     return ProfileStats(customers=customers, with_orders=with_orders, without_orders=customers - with_orders,
-                        unmatched_orders=unmatched_orders, unmatched_customers_ids=unmatched_ids)
+                        unmatched_orders=int(unmatched_orders), unmatched_customers_ids=unmatched_ids)
