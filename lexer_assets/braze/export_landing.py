@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lexer_assets.storage.object_store import ObjectInfo, ObjectStore, safe_join
+from lexer_assets.storage.object_store import ObjectInfo, ObjectStore, ObjectStoreError, safe_join
 
 _DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_PLAIN_STEP = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 
 
 class ExportNotLandedError(TimeoutError):
@@ -110,6 +111,11 @@ def wait_for_export(
 def copy_export(store: ObjectStore, landed: LandedExport, raw_root: Path) -> list[Path]:
     """Copy an export's files into the hub's raw storage, by export date, so it outlives Braze's few hours."""
     date_folder = landed.export_date.isoformat() if landed.export_date else "undated"
+    # object_prefix (Braze's answer) and file names (bucket keys) come from outside: each must be one plain
+    # path step, so '.', '..' or a nested name can neither leave nor flatten the export's own folder.
+    for step in (landed.object_prefix, *(obj.key.rsplit("/", 1)[-1] for obj in landed.files)):
+        if not _PLAIN_STEP.match(step) or step in (".", ".."):
+            raise ObjectStoreError(f"refusing export name {step!r}: not a plain file or folder name")
     target_dir = safe_join(raw_root, f"{date_folder}/{landed.object_prefix}")
     copied: list[Path] = []
     for obj in landed.files:
