@@ -91,6 +91,20 @@ def _date(env: Mapping[str, str], name: str, default: dt.date | None) -> dt.date
         raise SettingsError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be a share between 0 and 1, got {value}")
+    return value
+
+
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or default).strip()
+    if len(raw.split()) != 5:
+        raise SettingsError(f"{name} must be a 5-field cron expression like '0 5 * * *', got {raw!r}")
+    return raw
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = env.get(name) or default
     if raw not in choices:
@@ -218,6 +232,35 @@ class BucketSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The Braze sync's safety guard, retry rule and confirmation recipients."""
+
+    max_drop_share: float = 0.5  # an audience shrinking by more than this share since the last sync blocks it
+    max_removals: int = 50_000  # a run removing more values than this is blocked
+    max_failed_runs: int = 3  # a change Braze refused in this many runs is parked (not retried)
+    notify_smtp_host: str = ""
+    notify_smtp_port: int = 25
+    notify_from: str = "lexer-assets@localhost"
+    notify_to: tuple[str, ...] = ()
+    notify_webhook_url: str = ""
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """Schedules, sensors, freshness windows and data-check thresholds (defs/automation.py, defs/checks.py)."""
+
+    export_cron: str = "0 5 * * *"  # when braze/export_request runs (UTC)
+    landing_sensor_interval_s: int = 30  # how often the bucket and the orders folder are looked at
+    freshness_warn_hours: float = 25.0  # Braze chain, profiles, audiences, sync: daily, with slack
+    freshness_fail_hours: float = 30.0
+    orders_freshness_fail_hours: float = 48.0  # brands drop order files on their own cadence
+    max_export_reject_rate: float = 0.01  # share of export lines rejected before braze/users fails its check
+    min_profile_coverage: float = 1.0  # share of exported users that must have a profile row
+    max_sync_failure_rate: float = 0.01  # share of sent changes Braze rejected before the sync check fails
+    verify_sample: int = 200  # users read back from Braze by the verification check (0: off)
+
+
+@dataclass(frozen=True)
 class Settings:
     profile: str
     home: Path
@@ -233,6 +276,8 @@ class Settings:
     active_days: int = 90
     lapsing_days: int = 180
     new_customer_days: int = 30
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    automation: AutomationSettings = field(default_factory=lambda: AutomationSettings())
 
     # ---- derived paths (all runtime state lives under home) -------------------------------------------------
     @property
@@ -336,4 +381,36 @@ class Settings:
             active_days=_int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1),
             lapsing_days=_int(env, "LEXER_LAPSING_DAYS", 180, minimum=1),
             new_customer_days=_int(env, "LEXER_NEW_CUSTOMER_DAYS", 30, minimum=1),
+            sync=_sync_settings(env),
+            automation=_automation_settings(env),
         )
+
+
+def _automation_settings(env: Mapping[str, str]) -> AutomationSettings:
+    return AutomationSettings(
+        export_cron=_cron(env, "LEXER_EXPORT_CRON", "0 5 * * *"),
+        landing_sensor_interval_s=_int(env, "LEXER_LANDING_SENSOR_INTERVAL_S", 30, minimum=1),
+        freshness_warn_hours=_float(env, "LEXER_FRESHNESS_WARN_HOURS", 25.0, positive=True),
+        freshness_fail_hours=_float(env, "LEXER_FRESHNESS_FAIL_HOURS", 30.0, positive=True),
+        orders_freshness_fail_hours=_float(env, "LEXER_ORDERS_FRESHNESS_FAIL_HOURS", 48.0, positive=True),
+        max_export_reject_rate=_share(env, "LEXER_MAX_EXPORT_REJECT_RATE", 0.01),
+        min_profile_coverage=_share(env, "LEXER_MIN_PROFILE_COVERAGE", 1.0),
+        max_sync_failure_rate=_share(env, "LEXER_MAX_SYNC_FAILURE_RATE", 0.01),
+        verify_sample=_int(env, "LEXER_VERIFY_SAMPLE", 200),
+    )
+
+
+def _sync_settings(env: Mapping[str, str]) -> SyncSettings:
+    share = _float(env, "LEXER_SYNC_MAX_DROP_SHARE", 0.5)
+    if not 0 <= share <= 1:
+        raise SettingsError(f"LEXER_SYNC_MAX_DROP_SHARE must be between 0 and 1, got {share}")
+    return SyncSettings(
+        max_drop_share=share,
+        max_removals=_int(env, "LEXER_SYNC_MAX_REMOVALS", 50_000),
+        max_failed_runs=_int(env, "LEXER_SYNC_MAX_FAILED_RUNS", 3, minimum=1),
+        notify_smtp_host=env.get("LEXER_NOTIFY_SMTP_HOST", ""),
+        notify_smtp_port=_int(env, "LEXER_NOTIFY_SMTP_PORT", 25, minimum=1),
+        notify_from=env.get("LEXER_NOTIFY_FROM") or "lexer-assets@localhost",
+        notify_to=tuple(a.strip() for a in env.get("LEXER_NOTIFY_TO", "").split(",") if a.strip()),
+        notify_webhook_url=env.get("LEXER_NOTIFY_WEBHOOK_URL", ""),
+    )

@@ -277,7 +277,10 @@ SYNC_LOG = Table(
         ("op", "VARCHAR", "add or remove."),
         ("value", "VARCHAR", "Audience name added or removed."),
         ("batch", "INTEGER", "Request number within the run."),
-        ("status", "VARCHAR", "pending, done, failed (Braze rejected it) or rejected (not sendable)."),
+        ("status", "VARCHAR", "pending (computed, not sent yet), sending (in a request whose answer is not "
+         "recorded yet), unconfirmed (sent, no answer after retries), done (Braze acknowledged it), failed "
+         "(Braze refused it), rejected (not sendable, never sent), parked (refused in too many runs; not "
+         "retried), superseded (a later run recomputed it), released (a parked change put back by an operator)."),
         ("error", "VARCHAR", "Braze's reason or the local reason."),
         ("queued_at", "TIMESTAMP", "When the change was computed (UTC)."),
         ("finished_at", "TIMESTAMP", "When its outcome was recorded (UTC)."),
@@ -300,8 +303,38 @@ SYNC_RUNS = Table(
     ),
 )
 
+SYNC_REPORTS = Table(
+    "sync.braze_sync_reports",
+    "sync run (dry runs, blocked and failed runs included): the confirmation report",
+    _cols(
+        ("run_id", "VARCHAR", "Dagster run id."),
+        ("attribute", "VARCHAR", "Braze attribute name."),
+        ("kind", "VARCHAR", "sync or dry_run."),
+        ("status", "VARCHAR", "succeeded (everything confirmed), partial (some changes failed or stay "
+         "pending; retried next run), blocked (the safety guard stopped it), failed (an error stopped it)."),
+        ("shard", "VARCHAR", "'all' or '<n>/<shards>' (1-based) when the sync ran as shards."),
+        ("started_at", "TIMESTAMP", "When the run started (UTC)."),
+        ("finished_at", "TIMESTAMP", "When the run finished (UTC)."),
+        ("customers_changed", "BIGINT", "Customers with at least one change (one /users/track object each)."),
+        ("adds", "BIGINT", "Values to add."),
+        ("removes", "BIGINT", "Values to remove."),
+        ("confirmed", "BIGINT", "Objects Braze acknowledged."),
+        ("failed", "BIGINT", "Objects Braze refused (retried next run, parked after too many runs)."),
+        ("pending", "BIGINT", "Objects never confirmed (transient errors); retried next run."),
+        ("parked", "BIGINT", "Changes left out because Braze refused them in too many runs."),
+        ("reconciled", "BIGINT", "Customers whose in-flight changes of an interrupted run were read back from Braze."),
+        ("capped_customers", "BIGINT", "Customers in more audiences than the array cap."),
+        ("held_back", "JSON", "Values held back by the array cap: {audience name: customers}."),
+        ("requests", "BIGINT", "/users/track requests (sent, or that a dry run would take)."),
+        ("guard", "VARCHAR", "The safety guard's verdict (why it blocked, or that the run was approved)."),
+        ("audiences", "JSON", "Per audience: snapshot, members, adds, removes, customers, requests, sent, failed."),
+        ("notified", "VARCHAR", "Where the confirmation went (email, webhook) and any delivery error."),
+        ("error", "VARCHAR", "Why a failed run stopped."),
+    ),
+)
+
 TABLES: tuple[Table, ...] = (
     EXPORT_REQUESTS, EXPORT_FILES, BRAZE_USERS, EXPORT_REJECTS, ORDERS, ORDER_REJECTS, CUSTOMER_PROFILES,
-    AUDIENCE_MEMBERSHIP, AUDIENCE_HISTORY, ATTRIBUTE_STATE, SYNC_LOG, SYNC_RUNS,
+    AUDIENCE_MEMBERSHIP, AUDIENCE_HISTORY, ATTRIBUTE_STATE, SYNC_LOG, SYNC_RUNS, SYNC_REPORTS,
 )
 SCHEMAS: tuple[str, ...] = tuple(dict.fromkeys(t.schema for t in TABLES))

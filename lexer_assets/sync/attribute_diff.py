@@ -17,7 +17,7 @@ The diff runs as SQL in DuckDB so a million customers x dozens of audiences take
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
@@ -39,6 +39,7 @@ class DiffCounts:
     removes: int
     capped_customers: int
     held_back_values: int
+    held_back: dict[str, int] = field(default_factory=dict)  # value -> customers it was held back from
 
 
 def plan_changes(
@@ -49,11 +50,14 @@ def plan_changes(
     policies: Sequence[ValuePolicy],
     array_cap: int,
     target: str = "sync_changes",
+    exclude: str | None = None,
 ) -> DiffCounts:
     """Create TEMP table ``target(customer_id, adds VARCHAR[], removes VARCHAR[])`` and return its counts.
 
     ``desired`` and ``known`` name relations with columns ``customer_id, value`` (chosen by code, not users).
-    Values in ``desired`` without a policy get the default priority.
+    Values in ``desired`` without a policy get the default priority. ``exclude`` optionally names a relation
+    ``(customer_id, op, value)`` of changes to leave out (parked changes; those left out are kept in TEMP table
+    ``diff_excluded``); the per-change rows stay in TEMP table ``diff_ops(customer_id, op, value)``.
     """
     policy_table = pa.table({
         "value": [p.value for p in policies],
@@ -84,6 +88,12 @@ def plan_changes(
         UNION ALL
         SELECT customer_id, 'remove' AS op, value FROM removes
     """)
+    if exclude is not None:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE diff_excluded AS SELECT d.* FROM diff_ops AS d "
+                     f"SEMI JOIN {exclude} AS x ON d.customer_id = x.customer_id AND d.op = x.op "
+                     "AND d.value = x.value")
+        conn.execute(f"DELETE FROM diff_ops AS d USING {exclude} AS x WHERE d.customer_id = x.customer_id "
+                     "AND d.op = x.op AND d.value = x.value")
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE {target} AS
         SELECT customer_id,
@@ -98,4 +108,8 @@ def plan_changes(
     capped, held = conn.execute(
         "SELECT count(DISTINCT customer_id), count(*) FROM diff_desired_ranked WHERE rank > ?", [int(array_cap)]
     ).fetchall()[0]
-    return DiffCounts(int(customers), int(adds), int(removes), int(capped), int(held))
+    held_back = dict(conn.execute(
+        "SELECT value, count(*) FROM diff_desired_ranked WHERE rank > ? GROUP BY value ORDER BY value",
+        [int(array_cap)]).fetchall())
+    return DiffCounts(int(customers), int(adds), int(removes), int(capped), int(held),
+                      {str(k): int(v) for k, v in held_back.items()})
