@@ -78,6 +78,9 @@ class EmulatorConfig:
     fault_seed: int = 0
     # an attributes object carrying this key makes the whole request a 400 (to exercise bisection)
     bad_request_marker: str = "__emulator_bad_request__"
+    # when set, every applied /users/track request appends one JSON line here: its attributes objects and
+    # the values it added to users who already held them (tests check the sync never does either)
+    journal_path: str = ""
 
     def to_json(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()})
@@ -233,6 +236,10 @@ class _Emulator:
         if marker and any(isinstance(o, dict) and marker in o for o in attributes):
             return self._answer(path, 400, {"message": "Malformed attributes object"}, headers, len(attributes))
         outcome = self.state.apply_track(attributes, max_array_length=self.config.max_array_length)
+        if self.config.journal_path:
+            line = json.dumps({"t": time.time(), "attributes": attributes, "readds": outcome.readds})
+            with self._log_lock, open(self.config.journal_path, "a") as journal:
+                journal.write(line + "\n")
         answer: dict[str, Any] = {"message": "success"}
         if attributes:
             answer["attributes_processed"] = outcome.processed

@@ -8,6 +8,7 @@ latter, which keeps the hot path cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -117,6 +118,8 @@ def _merge(profile_json: str, custom_json: str | None) -> dict:
 class TrackOutcome:
     processed: int
     errors: list[dict]  # Braze partial errors: {"type", "input_array", "index"}
+    # (user identity key, attribute, value) for every array add of a value the user already held
+    readds: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
 def segment_matches(rule: str, user: Mapping) -> bool:
@@ -393,12 +396,13 @@ class EmulatorState:
                 for key, op in ops.items():  # request-wide per user: adds, then removes, then set
                     target.setdefault(key, AttributeOps()).merge(op)
                 processed += 1
+            readds: list[tuple[str, str, str]] = []
             if per_user:
-                self._write_ops(conn, per_user, max_array_length)
-        return TrackOutcome(processed, errors)
+                self._write_ops(conn, per_user, max_array_length, readds)
+        return TrackOutcome(processed, errors, readds)
 
     def _write_ops(self, conn: sqlite3.Connection, per_user: dict[int, dict[str, AttributeOps]],
-                   cap: int) -> None:
+                   cap: int, readds: list[tuple[str, str, str]] | None = None) -> None:
         ids = list(per_user)
         rows: dict[int, tuple[str, str | None]] = {}
         for start in range(0, len(ids), 500):
@@ -421,7 +425,11 @@ class EmulatorState:
                     else:
                         profile[key] = new
                 else:
-                    new = op.apply(custom.get(key), cap)
+                    current = custom.get(key)
+                    if readds is not None and op.adds and isinstance(current, list):
+                        who = identity_key(json.loads(profile_json))
+                        readds.extend((who, key, str(v)) for v in op.adds if v in current)
+                    new = op.apply(current, cap)
                     if new is None:
                         custom.pop(key, None)
                     else:
