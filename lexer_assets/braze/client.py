@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -115,7 +115,6 @@ class _TrackRun:
     semaphore: asyncio.Semaphore
     settled: int = 0
     abort: BrazeAuthError | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self, indices: Sequence[int], status: str, reason: str | None, batch: int | None, *,
                record: bool = True) -> None:

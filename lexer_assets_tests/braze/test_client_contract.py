@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 
@@ -174,6 +175,29 @@ def test_proactive_limiter_shared_by_all_clients_of_an_endpoint() -> None:
     other = BrazeClient("https://rest.other.test", KEY, transport=httpx.MockTransport(answer))
     assert a._track_limiter is b._track_limiter
     assert a._track_limiter is not other._track_limiter
+
+
+def test_two_clients_in_two_threads_share_one_budget_and_see_no_429(emulator: Emulator) -> None:
+    emulator.configure(track_rate_limit=20, track_rate_window_s=1.0)
+    errors: list[BaseException] = []
+    outcomes: list[list[ObjectResult]] = []
+
+    def sender(offset: int) -> None:
+        c = client(emulator, rate_limit_requests=20, rate_limit_window_s=1.0, batch_cap=1, max_in_flight=4)
+        try:
+            outcomes.append(c.send_attributes([add(f"u{offset + i}", "VIP") for i in range(25)]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n * 100,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(r.status == "done" for rs in outcomes for r in rs)
+    sent = emulator.requests()
+    assert len(sent) == 50 and {e["status"] for e in sent} == {201}  # 50 requests > 20/s, yet no 429
+    assert max(Counter(int(e["t"]) for e in sent).values()) <= 20
 
 
 # ---- transient failures -----------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ import boto3
 import httpx
 import pytest
 
-from lexer_assets.braze.emulator import EmulatorConfig, EmulatorState, make_app, start_in_thread
+from lexer_assets.braze.emulator import (
+    EmulatorConfig,
+    EmulatorState,
+    make_app,
+    start_in_thread,
+    start_subprocess,
+)
 from lexer_assets.braze.emulator.export_writer import with_duplicates
 from lexer_assets.braze.emulator.track_semantics import AttributeOps, add_values
 from lexer_assets_tests.braze.conftest import KEY, SEGMENT_ID, USERS, Emulator
@@ -355,3 +361,17 @@ def test_seed_is_fast_enough_for_large_populations(tmp_path: Path) -> None:
     n = state.seed(({"external_id": f"e{i}", "email": f"e{i}@x.test", "custom_attributes": {"t": i}}
                     for i in range(50_000)), segment_id="s", api_key="k")
     assert n == 50_000 and time.monotonic() - started < 10  # ~1M in well under a few minutes
+
+
+def test_served_as_a_separate_process_with_config(tmp_path: Path) -> None:
+    state = EmulatorState(tmp_path / "state")
+    state.seed([{"external_id": "p1"}], segment_id="s", api_key="proc-key")
+    config = EmulatorConfig(track_batch_cap=1, aws_secret_access_key="never-on-argv")
+    with start_subprocess(tmp_path / "state", config=config) as running:
+        auth = {"Authorization": "Bearer proc-key"}
+        two = [{"external_id": "p1", "t": 1}, {"external_id": "p1", "t": 2}]
+        assert httpx.post(f"{running.url}/users/track", headers=auth, json={"attributes": two}).status_code == 400
+        r = httpx.post(f"{running.url}/users/track", headers=auth, json={"attributes": two[:1]})
+        assert r.status_code == 201
+        assert "never-on-argv" not in " ".join(running._process.args)  # type: ignore[union-attr]
+    assert running._process is not None and running._process.poll() is not None

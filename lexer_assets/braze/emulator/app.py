@@ -2,7 +2,7 @@
 
 Braze endpoints: ``POST /users/track``, ``POST /users/export/segment``, ``GET /segments/list``,
 ``POST /users/export/ids``. Test hooks under ``/_emulator/`` (no auth): ``GET stats`` (request log),
-``POST config`` (change fault knobs and limits at runtime), ``POST reset-stats``.
+``POST config`` (change fault knobs and limits at runtime), ``POST reset-stats`` (request log and rate windows).
 
 Fault injection (dropped connections in particular) is meant for the served emulator: in-process through
 ``httpx.ASGITransport`` a dropped connection surfaces as an exception from the app instead.
@@ -365,6 +365,7 @@ class _Emulator:
     async def reset_stats(self, request: Request) -> Response:
         with self._log_lock:
             self.request_log.clear()
+        self.counter = FixedWindowCounter()  # rate windows start empty too
         return JSONResponse({"message": "success"})
 
     async def set_config(self, request: Request) -> Response:

@@ -16,6 +16,8 @@ import uvicorn
 
 from lexer_assets.braze.emulator.app import EmulatorConfig, make_app
 
+CONFIG_ENV = "LEXER_BRAZE_EMULATOR_CONFIG"  # JSON EmulatorConfig for a served subprocess
+
 
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -95,11 +97,12 @@ def start_in_thread(state_dir: Path, *, config: EmulatorConfig | None = None,
 def start_subprocess(state_dir: Path, *, config: EmulatorConfig | None = None, host: str = "127.0.0.1",
                      port: int = 0) -> RunningEmulator:
     """Serve the emulator from a separate Python process (benchmarks: the client gets its own CPU)."""
-    cmd = [sys.executable, "-m", "lexer_assets.braze.emulator.server", "--state-dir", str(state_dir),
-           "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-c", "import sys; from lexer_assets.braze.emulator.server import main; "
+           "main(sys.argv[1:])", "--state-dir", str(state_dir), "--host", host, "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if config is not None:
-        cmd += ["--config-json", config.to_json()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env[CONFIG_ENV] = config.to_json()  # not on the command line: it may hold AWS credentials
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline() if proc.stdout else ""
     if "listening on" not in line:
         proc.kill()
@@ -112,9 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--config-json", default=None)
     args = parser.parse_args(argv)
-    config = EmulatorConfig.from_json(args.config_json) if args.config_json else None
+    raw_config = os.environ.get(CONFIG_ENV)
+    config = EmulatorConfig.from_json(raw_config) if raw_config else None
     serve(args.state_dir, host=args.host, port=args.port, config=config)
 
 
