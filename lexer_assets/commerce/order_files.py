@@ -12,7 +12,7 @@ Two formats are read, recognised from the first line of the file (never from its
   empty order_id falls back to ``'<file name>:<line number>'``.
 
 Python only splits lines into text fields (the csv module, or whitespace for CDNOW); every type check runs as
-one SQL statement over the staged text, so ten million lines load in seconds. A line is rejected, with its
+one SQL statement over the staged text (fast: no per-line Python type checks). A line is rejected, with its
 file, 1-based line number, reason and raw text, for: wrong field count, a date that is not a real date,
 units that are not a whole number >= 0, an amount that is not a finite number >= 0, neither customer id nor
 email, or an order_id already loaded (the first line with that id is kept).

@@ -20,7 +20,7 @@ Model ("recency-decay model", refitted on the brand's own history at every build
    Customers without orders get 0.
 
 Checked on CDNOW by ``backtest`` (fit with data up to 1997-12-31, predict 1998-01-01..1998-06-30, 181 days):
-see ``BACKTEST_NOTE`` and the data dictionary for the error figures.
+``CDNOW_BACKTEST`` holds the figures (total error about +15%, against +23% for "the last 181 days repeat").
 """
 
 from __future__ import annotations
@@ -164,7 +164,16 @@ def backtest(conn: duckdb.DuckDBPyConnection, *, calibration_end: date, holdout_
     )
 
 
-def markdown(report: BacktestReport | None = None) -> str:
+# The figures the data dictionary quotes; lexer_assets_tests/profiles/test_clv.py recomputes them from the
+# CDNOW file, so a model change that moves them fails until this (and the dictionary) is updated.
+CDNOW_BACKTEST = BacktestReport(
+    calibration_end=date(1997, 12, 31), holdout_end=date(1998, 6, 30), horizon_days=181, customers=23570,
+    predicted_total=547912.49, actual_total=476154.37, total_error_pct=15.07, mae=23.13, naive_mae=22.63,
+    naive_total_error_pct=22.58, rmse=67.63,
+)
+
+
+def markdown(report: BacktestReport | None = CDNOW_BACKTEST) -> str:
     """The model description (and, when given, the CDNOW backtest figures) for the data dictionary."""
     text = (__doc__ or "").split("\n", 2)[2].strip()
     if report is not None:
