@@ -1,26 +1,61 @@
-"""One audience, one day: compute its members as of that day and keep membership and history tables right.
+"""Audiences over time: compute members as of a day, store them, keep membership and history tables right.
 
-A partition for day D is the membership as of D: profiles are recomputed as of D (orders after D ignored)
-unless the stored profile table is already as of D, and rule time windows use D as "today". Re-running a day
-replaces it; a day with no members is stored as a history row of size 0.
+A partition for day D is the membership as of D:
+
+* **Profiles as of D.** Orders after D are ignored and every time-dependent value uses D as "today"
+  (``build_profiles(as_of=D)``); rule time windows use D too. When the stored ``lexer.customer_profiles`` is
+  already as of D and built from the export chosen for D, it is used as is.
+* **Braze attributes as of D.** Snapshot attributes (demographics, consent, engagement) come from the Braze
+  export that was current on D: the export with the latest ``export_date`` on or before D (then the latest
+  landed). Before the first export there is nothing better than the earliest export, and the stats say so.
+  ``braze.users`` holds only the newest export; an older one is read back from the hub's raw copy
+  (``braze.export_files``) once, kept as Parquet under the cache folder, and swapped in for ``braze.users``
+  by attaching an in-memory database whose ``braze.users`` view reads it and making it the default catalog
+  while profiles are built (so the profile code is the same code that builds today's table).
+* **Reuse.** A past day's profiles are written to the cache as Parquet keyed by (day, export, a fingerprint
+  of the orders, thresholds and profile code), so every audience backfilled over the same days builds each
+  day's profiles once. Attributed orders (for time windows) are only built when the rules use them.
+* **Replacement.** Storing a day deletes that (audience, day) first, in the same transaction: re-running a
+  day replaces it, never doubles it; a day with no members is a stored history row of size 0.
+* **History.** size / entered / exited of a day are counted against the previous *stored* day; storing a day
+  also recounts the next stored day, so backfilling days out of order leaves every row right.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
-from lexer_assets.audiences.rules import compile_audience
+from lexer_assets.audiences.rules import CompiledAudience, compile_audience
 from lexer_assets.audiences.spec import Audience
 from lexer_assets.profiles.build import LifecycleThresholds, build_profiles, create_attributed_orders
-from lexer_assets.storage.catalog import CUSTOMER_PROFILES
+from lexer_assets.storage.catalog import BRAZE_USERS, CUSTOMER_PROFILES, EXPORT_REJECTS
 
 PROFILE_COLUMNS: dict[str, str] = {c.name: c.type for c in CUSTOMER_PROFILES.columns}
-_PROFILES_REL = "profiles_asof"
-_ORDERS_REL = "orders_asof"
+PROFILES_REL = "profiles_asof"
+ORDERS_REL = "orders_asof"
+CACHE_KEEP_FILES = 120  # past-day profile files kept (oldest used first to go): ~4 months of one backfill
+
+NOTE_CURRENT = "current on the day"
+NOTE_EARLIEST = "no export on or before the day: the earliest export was used"
+NOTE_NONE = "no export has landed: the loaded braze.users was used"
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    """The Braze export whose attributes a day's snapshot uses."""
+
+    object_prefix: str | None
+    export_date: dt.date | None
+    note: str
 
 
 @dataclass(frozen=True)
@@ -30,32 +65,210 @@ class SnapshotStats:
     entered: int
     exited: int
     object_prefix: str | None
+    export_date: dt.date | None = None
+    export_note: str = NOTE_CURRENT
+    profiles_source: str = "stored"  # stored | built | cache
 
 
-def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: LifecycleThresholds) -> None:
-    """Create the relations rules run on (profiles and attributed orders as of the day) in this connection."""
+# ------------------------------------------------------------------------------------------------ exports
+
+def export_for_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> ExportChoice:
+    """The export current on ``day``: latest ``export_date`` on or before it, then latest landed."""
+    rows = conn.execute(
+        """SELECT object_prefix, export_date FROM (
+             SELECT object_prefix, max(export_date) AS export_date, max(landed_at) AS landed_at
+             FROM braze.export_files GROUP BY object_prefix)
+           ORDER BY (export_date <= ?) DESC,
+                    CASE WHEN export_date <= ? THEN export_date END DESC NULLS LAST,
+                    export_date ASC, landed_at DESC
+           LIMIT 1""", [day, day]).fetchall()
+    if not rows:
+        loaded = conn.sql("SELECT any_value(object_prefix) FROM braze.users").fetchall()[0][0]
+        return ExportChoice(loaded, None, NOTE_NONE)
+    prefix, export_date = rows[0]
+    return ExportChoice(prefix, export_date, NOTE_CURRENT if export_date <= day else NOTE_EARLIEST)
+
+
+def loaded_export(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The object_prefix of the export now in ``braze.users`` (None when it is empty)."""
+    return conn.sql("SELECT any_value(object_prefix) FROM braze.users").fetchall()[0][0]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80] + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def export_users_parquet(conn: duckdb.DuckDBPyConnection, object_prefix: str, *, home: Path,
+                         cache_dir: Path) -> Path:
+    """A Parquet file of ``braze.users`` as loaded from export ``object_prefix`` (built once from the raw copy).
+
+    Uses the same loader as ``braze/users`` (same dedupe, same rejects) inside a throwaway in-memory database,
+    so the hub's own ``braze.users`` and ``braze.export_rejects`` are not touched. Must run outside a
+    transaction that wrote to the hub (DuckDB writes one database per transaction).
+    """
+    from lexer_assets.braze.export_load import load_export  # the loader pulls pyarrow; only needed here
+
+    target = cache_dir / "braze-users" / f"{_safe(object_prefix)}.parquet"
+    if target.exists():
+        return target
+    raw = [home / r[0] for r in conn.execute(
+        "SELECT raw_path FROM braze.export_files WHERE object_prefix = ? ORDER BY bucket_key",
+        [object_prefix]).fetchall()]
+    missing = [str(p) for p in raw if not p.exists()]
+    if not raw or missing:
+        raise FileNotFoundError(f"export {object_prefix!r} cannot be read back: raw files missing "
+                                f"{missing or '(none listed in braze.export_files)'}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    current = conn.sql("SELECT current_database()").fetchall()[0][0]
+    conn.execute("ATTACH ':memory:' AS export_reload")
+    try:
+        conn.execute("USE export_reload")
+        conn.execute("CREATE SCHEMA braze")
+        conn.execute(BRAZE_USERS.ddl())
+        conn.execute(EXPORT_REJECTS.ddl())
+        load_export(conn, raw, object_prefix=object_prefix)
+        tmp = target.with_name(target.name + ".tmp")
+        conn.execute(f"COPY braze.users TO {_sql_path(tmp)} (FORMAT parquet)")
+        tmp.replace(target)
+    finally:
+        conn.execute(f'USE "{current}"')
+        conn.execute("DETACH export_reload")
+    return target
+
+
+@dataclass
+class DaySource:
+    """Where one group of days reads Braze users from: the hub's own table, or an attached older export."""
+
+    choice: ExportChoice
+    catalog: str | None  # attached in-memory database whose braze.users is the older export; None = the hub
+
+
+def attach_export(conn: duckdb.DuckDBPyConnection, choice: ExportChoice, *, home: Path,
+                  cache_dir: Path) -> DaySource:
+    """Make the chosen export readable as ``braze.users`` for ``use_source``; outside any transaction."""
+    if choice.object_prefix is None or choice.object_prefix == loaded_export(conn):
+        return DaySource(choice, None)
+    parquet = export_users_parquet(conn, choice.object_prefix, home=home, cache_dir=cache_dir)
+    hub = conn.sql("SELECT current_database()").fetchall()[0][0]
+    catalog = "export_" + hashlib.sha256(choice.object_prefix.encode()).hexdigest()[:12]
+    conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {catalog}")
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.braze")
+    conn.execute(f"CREATE OR REPLACE VIEW {catalog}.braze.users AS SELECT * FROM read_parquet({_sql_path(parquet)})")
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.commerce")
+    conn.execute(f'CREATE OR REPLACE VIEW {catalog}.commerce.orders AS SELECT * FROM "{hub}".commerce.orders')
+    return DaySource(choice, catalog)
+
+
+def detach_source(conn: duckdb.DuckDBPyConnection, source: DaySource) -> None:
+    if source.catalog is not None:
+        conn.execute(f"DETACH DATABASE IF EXISTS {source.catalog}")
+
+
+# ------------------------------------------------------------------------------------------------ profiles
+
+def inputs_fingerprint(conn: duckdb.DuckDBPyConnection, thresholds: LifecycleThresholds) -> str:
+    """Changes when anything a past day's profiles depend on changes (besides the export, keyed separately):
+    the orders, the thresholds and the profile code."""
+    count, digest = conn.sql(
+        "SELECT count(*), coalesce(sum(hash(order_id, customer_id, email, order_date, units, amount)), 0) "
+        "FROM commerce.orders").fetchall()[0]
+    from lexer_assets import profiles
+
+    code = hashlib.sha256()
+    for source in sorted(Path(profiles.__file__).parent.glob("*.py")):
+        code.update(source.read_bytes())
+    text = f"{count}|{digest}|{thresholds}|{code.hexdigest()}|{[c.type for c in CUSTOMER_PROFILES.columns]}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _prune_cache(folder: Path, keep: int) -> None:
+    files = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_atime, reverse=True)
+    for old in files[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: LifecycleThresholds, *,
+                source: DaySource | None = None, cache_dir: Path | None = None, fingerprint: str | None = None,
+                with_orders: bool = True) -> str:
+    """Create ``profiles_asof`` (and ``orders_asof`` when ``with_orders``) as of the day in this connection.
+
+    Returns where the profiles came from: ``stored`` (the table is already as of the day and from this
+    export), ``cache`` (a Parquet file another audience built for this day) or ``built``.
+    """
+    catalog = source.catalog if source else None
+    hub = conn.sql("SELECT current_database()").fetchall()[0][0]
     stored_as_of = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0]
-    if stored_as_of == as_of:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW {_PROFILES_REL} AS SELECT * FROM lexer.customer_profiles")
+    how = "built"
+    if stored_as_of == as_of and catalog is None:
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW {PROFILES_REL} AS SELECT * FROM lexer.customer_profiles")
+        how = "stored"
     else:
-        conn.execute(f"DROP VIEW IF EXISTS {_PROFILES_REL}")
-        build_profiles(conn, as_of=as_of, thresholds=thresholds, target=_PROFILES_REL)
-    create_attributed_orders(conn, as_of=as_of, name=_ORDERS_REL)
+        cached: Path | None = None
+        if cache_dir is not None and fingerprint is not None:
+            prefix = source.choice.object_prefix if source else loaded_export(conn)
+            cached = (cache_dir / "profiles-asof" /
+                      f"{as_of.isoformat()}-{_safe(f'{prefix}|{fingerprint}')}.parquet")
+        conn.execute(f"DROP VIEW IF EXISTS {PROFILES_REL}")
+        conn.execute(f"DROP TABLE IF EXISTS {PROFILES_REL}")
+        if cached is not None and cached.exists():
+            conn.execute(f"CREATE TEMP VIEW {PROFILES_REL} AS SELECT * FROM read_parquet({_sql_path(cached)})")
+            how = "cache"
+        else:
+            if catalog:
+                conn.execute(f"USE {catalog}")
+            try:
+                build_profiles(conn, as_of=as_of, thresholds=thresholds, target=PROFILES_REL)
+            finally:
+                if catalog:
+                    conn.execute(f'USE "{hub}"')
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(cached.name + ".tmp")
+                conn.execute(f"COPY {PROFILES_REL} TO {_sql_path(tmp)} (FORMAT parquet)")
+                tmp.replace(cached)
+                _prune_cache(cached.parent, CACHE_KEEP_FILES)
+    if with_orders:
+        if catalog:
+            conn.execute(f"USE {catalog}")
+        try:
+            create_attributed_orders(conn, as_of=as_of, name=ORDERS_REL)
+        finally:
+            if catalog:
+                conn.execute(f'USE "{hub}"')
+    return how
 
+
+def compile_for(audience: Audience, audiences: Sequence[Audience]) -> CompiledAudience:
+    """The audience's rules compiled once (as-of placeholders bound per day)."""
+    return compile_audience(audience, audiences, PROFILE_COLUMNS, profiles=PROFILES_REL, orders=ORDERS_REL)
+
+
+def uses_orders(compiled: CompiledAudience) -> bool:
+    """Whether the rules read order lines (time windows), i.e. whether ``orders_asof`` must be built."""
+    return re.search(rf"\b{ORDERS_REL}\b", compiled.sql) is not None
+
+
+# ------------------------------------------------------------------------------------------------ storing
 
 def store_snapshot(conn: duckdb.DuckDBPyConnection, audience: Audience, audiences: Sequence[Audience],
-                   as_of: dt.date) -> SnapshotStats:
+                   as_of: dt.date, export: ExportChoice | None = None,
+                   compiled: CompiledAudience | None = None) -> SnapshotStats:
     """Replace the audience's membership for ``as_of`` (relations from ``prepare_day`` must exist)."""
-    compiled = compile_audience(audience, audiences, PROFILE_COLUMNS, profiles=_PROFILES_REL,
-                                orders=_ORDERS_REL, as_of=as_of)
+    compiled = compiled or compile_for(audience, audiences)
+    if export is None:
+        export = ExportChoice(loaded_export(conn), None, NOTE_CURRENT)
     conn.execute("DELETE FROM lexer.audience_membership WHERE audience_slug = ? AND snapshot_date = ?",
                  [audience.slug, as_of])
     conn.execute(
         f"INSERT INTO lexer.audience_membership SELECT DISTINCT ?, ?, ?::DATE, customer_id FROM ({compiled.sql})",
-        [audience.slug, audience.name, as_of, *compiled.params],
+        [audience.slug, audience.name, as_of, *compiled.bind(as_of)],
     )
-    object_prefix = conn.sql("SELECT any_value(object_prefix) FROM braze.users").fetchall()[0][0]
-    stats = refresh_history(conn, audience, as_of, object_prefix)
+    stats = refresh_history(conn, audience, as_of, export.object_prefix)
     # The next stored day's entered/exited were counted against the previous day, which may just have changed.
     following = conn.execute(
         "SELECT min(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date > ?",
@@ -64,7 +277,8 @@ def store_snapshot(conn: duckdb.DuckDBPyConnection, audience: Audience, audience
         kept = conn.execute("SELECT object_prefix FROM lexer.audience_history WHERE audience_slug = ? "
                             "AND snapshot_date = ?", [audience.slug, following]).fetchall()[0][0]
         refresh_history(conn, audience, following, kept)
-    return stats
+    return SnapshotStats(stats.snapshot_date, stats.size, stats.entered, stats.exited, export.object_prefix,
+                         export.export_date, export.note)
 
 
 def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt.date,
@@ -88,3 +302,36 @@ def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt
     conn.execute("INSERT INTO lexer.audience_history VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                  [audience.slug, audience.name, day, size, entered, exited, object_prefix])
     return SnapshotStats(day, int(size), int(entered), int(exited), object_prefix)
+
+
+def materialize_days(conn: duckdb.DuckDBPyConnection, audience: Audience, audiences: Sequence[Audience],
+                     days: Sequence[dt.date], thresholds: LifecycleThresholds, *, home: Path,
+                     cache_dir: Path | None) -> list[SnapshotStats]:
+    """Compute and store ``days`` of one audience on an open hub connection (not inside a transaction).
+
+    Days are grouped by the export they use; each group is one transaction (a day is never half stored).
+    Raises AudienceError before writing anything when the rules do not compile.
+    """
+    compiled = compile_for(audience, audiences)
+    need_orders = uses_orders(compiled)
+    days = sorted(set(days))
+    plan = [(day, export_for_day(conn, day)) for day in days]
+    fingerprint = inputs_fingerprint(conn, thresholds) if cache_dir is not None else None
+    results: list[SnapshotStats] = []
+    for choice, group in itertools.groupby(plan, key=lambda item: item[1]):
+        source = attach_export(conn, choice, home=home, cache_dir=cache_dir or home / "cache")
+        try:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                for day, _ in group:
+                    how = prepare_day(conn, day, thresholds, source=source, cache_dir=cache_dir,
+                                      fingerprint=fingerprint, with_orders=need_orders)
+                    s = store_snapshot(conn, audience, audiences, day, choice, compiled)
+                    results.append(dataclasses.replace(s, profiles_source=how))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            detach_source(conn, source)
+    return results

@@ -1,16 +1,21 @@
 """One daily-partitioned asset per audience in the YAML: adding an audience adds an asset, nothing else."""
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from lexer_assets.audiences.snapshots import prepare_day, store_snapshot
+from lexer_assets.audiences.rules import describe_rules
+from lexer_assets.audiences.snapshots import SnapshotStats, materialize_days
 from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, table_definition_metadata
 from lexer_assets.defs.profiles import customer_profiles
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
-from lexer_assets.storage.catalog import AUDIENCE_MEMBERSHIP
+from lexer_assets.storage.catalog import AUDIENCE_HISTORY, AUDIENCE_MEMBERSHIP
+
+AUDIENCE_TABLES = (AUDIENCE_MEMBERSHIP.name, AUDIENCE_HISTORY.name)
 
 
 def audience_key(audience: Audience) -> dg.AssetKey:
@@ -22,8 +27,25 @@ def _description(audience: Audience) -> str:
     braze = (f"sent to Braze as `{audience.name}` ({activation.list_action}, priority {activation.priority})"
              if activation.braze and audience.enabled else "not sent to Braze")
     return (f"Audience **{audience.name}** (owner: {audience.owner or 'unknown'}; {braze}).\n\n"
-            f"{audience.description or ''}\n\nDefined in `{audience.file}` line {audience.line}. Each daily "
-            "partition is the membership as of that day; backfill any range to rebuild history.")
+            f"{audience.description or ''}\n\nRules: {describe_rules(audience.rules)}.\n\n"
+            f"Defined in `{audience.file}` line {audience.line}. Each daily partition is the membership as of "
+            "that day (profiles and time windows as of that day, Braze attributes from the export current "
+            "then); backfill any range to rebuild history (one run per range).")
+
+
+def snapshot_metadata(s: SnapshotStats) -> dict[str, Any]:
+    """Numeric metadata of one day (the UI plots size, entered and exited over partitions)."""
+    return {
+        "size": dg.MetadataValue.int(s.size),
+        "entered": dg.MetadataValue.int(s.entered),
+        "exited": dg.MetadataValue.int(s.exited),
+        "dagster/row_count": dg.MetadataValue.int(s.size),
+        "snapshot_date": s.snapshot_date.isoformat(),
+        "export_used": s.object_prefix or "none",
+        "export_date": s.export_date.isoformat() if s.export_date else "none",
+        "export_note": s.export_note,
+        "profiles": s.profiles_source,
+    }
 
 
 def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
@@ -42,30 +64,35 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
         metadata={**table_definition_metadata(AUDIENCE_MEMBERSHIP), "audience_name": audience.name},
     )
     def _audience(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-                  pipeline: PipelineResource) -> dg.MaterializeResult:
+                  pipeline: PipelineResource) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         days = sorted(dt.date.fromisoformat(k) for k in context.partition_keys)
         wh = warehouse.get()
-        stats = []
+        home = Path(pipeline.home)
         try:
-            with wh.transaction() as conn:
-                for day in days:
-                    prepare_day(conn, day, pipeline.thresholds())
-                    stats.append(store_snapshot(conn, audience, audiences, day))
+            with wh.connect() as conn:
+                wh.mark_unpublished(AUDIENCE_TABLES)
+                stats = materialize_days(conn, audience, audiences, days, pipeline.thresholds(), home=home,
+                                         cache_dir=home / "cache")
         except AudienceError as exc:
             raise dg.Failure(description=f"audience {audience.name!r} was not computed: {exc}") from None
-        wh.publish()
-        last = stats[-1]
+        wh.publish(AUDIENCE_TABLES)
         for s in stats:
-            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size} members "
-                             f"(+{s.entered} / -{s.exited})")
-        return dg.MaterializeResult(metadata={
-            "size": dg.MetadataValue.int(last.size),
-            "entered": dg.MetadataValue.int(last.entered),
-            "exited": dg.MetadataValue.int(last.exited),
-            "dagster/row_count": dg.MetadataValue.int(last.size),
-            "snapshot_date": last.snapshot_date.isoformat(),
-            "days_computed": len(stats),
-            "export_used": last.object_prefix or "none",
+            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size} members (+{s.entered} / "
+                             f"-{s.exited}); export {s.object_prefix or 'none'} ({s.export_note}); "
+                             f"profiles {s.profiles_source}")
+        if len(stats) == 1:
+            yield dg.MaterializeResult(metadata=snapshot_metadata(stats[0]))
+            return
+        # A range run: Dagster records the output once per partition with the same metadata, so the output
+        # carries a summary and each day then gets its own materialization (the latest per partition, the
+        # one the UI plots) with that day's numbers.
+        yield dg.MaterializeResult(metadata={
+            "days_computed": dg.MetadataValue.int(len(stats)),
+            "range": f"{stats[0].snapshot_date}...{stats[-1].snapshot_date}",
+            "sizes": dg.MetadataValue.json({s.snapshot_date.isoformat(): s.size for s in stats}),
         })
+        for s in stats:
+            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=s.snapshot_date.isoformat(),
+                                          metadata=snapshot_metadata(s))
 
     return _audience

@@ -1,18 +1,29 @@
 """The DuckDB warehouse: one working file that runs write, and a published copy that analysts read.
 
-Runs write ``$LEXER_HOME/warehouse/hub.duckdb`` (one writer at a time: Dagster's ``duckdb_writer`` pool).
-After every successful write the whole database is copied into a new file written in an older storage
-version (readable by DuckDB 1.x tools) and renamed over ``$LEXER_HOME/store/profile_store.duckdb``. A rename is
-atomic, so an analyst session never sees a half-written table and never holds a lock a run needs: an open
-session keeps reading the file it opened; a new session sees the newest publish.
+Runs write ``$LEXER_HOME/warehouse/hub.duckdb`` (one writer at a time: Dagster's ``duckdb_writer`` pool, and
+``connect`` waits for another process's lock). After a write, ``publish`` builds a complete new file in an
+older storage version (readable by DuckDB 1.x tools) next to ``$LEXER_HOME/store/profile_store.duckdb`` and
+renames it over the old one. A rename is atomic, so an analyst session never sees a half-written table and
+never holds a lock a run needs: an open session keeps reading the file it opened (its inode stays alive);
+a new session sees the newest publish.
+
+Publishing cost: copying the whole database re-encodes every table (about 30 s for 1,000,000 profiles and
+10,000,000 order lines on 2 cores). A writer that says which tables it wrote (``transaction(tables=...)``,
+then ``publish(tables=...)``) gets an incremental publish: the previous published file is copied as bytes and
+only those tables are replaced in the copy (a few seconds for the profile table, under a second for an
+audience). Tables written but never published (a run that died between commit and publish) are remembered
+in a small pending file beside the store and copied by the next publish.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +33,7 @@ from lexer_assets.storage.catalog import SCHEMAS, TABLES
 
 ANALYST_STORAGE_VERSION = "v1.5.0"
 _LOCK_RETRY_SECONDS = 120.0
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Warehouse:
@@ -30,6 +42,7 @@ class Warehouse:
         self.path = Path(path)
         self.published_path = Path(published_path) if published_path else None
         self.storage_version = storage_version
+        self.last_publish: str | None = None  # "full" or "tables": how the last publish copied (for metadata)
 
     def __repr__(self) -> str:
         return f"Warehouse({str(self.path)!r})"
@@ -54,9 +67,15 @@ class Warehouse:
             conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection inside one transaction: everything it writes lands together or not at all."""
+    def transaction(self, tables: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: everything it writes lands together or not at all.
+
+        ``tables``: the tables this transaction may write (``schema.table``). They are recorded as not yet
+        published before the commit, so ``publish(tables)`` after it (or any later publish, should this run
+        die first) copies them. Without ``tables`` the next publish copies the whole database.
+        """
         with self.connect() as conn:
+            self.mark_unpublished(["*"] if tables is None else list(tables))
             conn.execute("BEGIN TRANSACTION")
             try:
                 yield conn
@@ -65,25 +84,116 @@ class Warehouse:
                 raise
             conn.execute("COMMIT")
 
-    def publish(self) -> Path | None:
-        """Copy the working database to the analysts' store and swap it in atomically."""
+    # ---------------------------------------------------------------------------------------------- publish
+
+    @property
+    def _pending_path(self) -> Path | None:
+        if self.published_path is None:
+            return None
+        return self.published_path.with_name(f".{self.published_path.name}.pending.json")
+
+    def _read_pending(self) -> set[str]:
+        path = self._pending_path
+        if path is None or not path.exists():
+            return set()
+        try:
+            return set(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {"*"}  # unreadable: be safe, copy everything
+
+    def mark_unpublished(self, tables: Iterable[str]) -> None:
+        """Record tables as written but not yet published (called while holding the working file's lock)."""
+        path = self._pending_path
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pending = sorted(self._read_pending() | {str(t) for t in tables})
+        tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(pending))
+        os.replace(tmp, path)
+
+    def publish(self, tables: Iterable[str] | None = None) -> Path | None:
+        """Copy the working database to the analysts' store and swap it in atomically (a rename).
+
+        ``tables`` None: the whole database is copied (``COPY FROM DATABASE``, storage version
+        ``storage_version``). ``tables`` given: the previous published file is copied as a file and only
+        those tables, plus any recorded as written but unpublished, are replaced in the copy; views are
+        recreated. Falls back to a full copy when there is no previous file, when an unknown write is
+        pending, or when the copy has grown past twice the working file (space freed by replaced tables).
+        Either way the new file is complete before the rename, so a reader sees the old or the new store.
+        """
         if self.published_path is None:
             return None
         target = self.published_path
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         with self.connect() as conn:
-            source = conn.execute("SELECT current_database()").fetchall()[0][0]
-            conn.execute(f"ATTACH '{tmp}' AS publish_target (STORAGE_VERSION '{self.storage_version}')")
+            wanted = self._read_pending() | (set(tables) if tables is not None else {"*"})
+            incremental = ("*" not in wanted and target.exists()
+                           and target.stat().st_size <= 2 * max(self.path.stat().st_size, 1 << 20))
             try:
-                conn.execute(f'COPY FROM DATABASE "{source}" TO publish_target')
+                if incremental:
+                    self._publish_tables(conn, tmp, sorted(wanted))
+                else:
+                    self._publish_all(conn, tmp)
+                os.replace(tmp, target)
             finally:
-                conn.execute("DETACH publish_target")
-        os.replace(tmp, target)
-        wal = tmp.with_name(tmp.name + ".wal")
-        if wal.exists():
-            wal.unlink()
+                for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                    leftover.unlink(missing_ok=True)
+            pending = self._pending_path
+            if pending is not None:
+                pending.unlink(missing_ok=True)
+        self.last_publish = "tables" if incremental else "full"
         return target
+
+    def _publish_all(self, conn: duckdb.DuckDBPyConnection, tmp: Path) -> None:
+        source = conn.execute("SELECT current_database()").fetchall()[0][0]
+        conn.execute(f"ATTACH {_sql_string(str(tmp))} AS publish_target "
+                     f"(STORAGE_VERSION {_sql_string(self.storage_version)})")
+        try:
+            conn.execute(f'COPY FROM DATABASE "{source}" TO publish_target')
+        finally:
+            conn.execute("DETACH publish_target")
+
+    def _publish_tables(self, conn: duckdb.DuckDBPyConnection, tmp: Path, tables: list[str]) -> None:
+        assert self.published_path is not None
+        shutil.copyfile(self.published_path, tmp)
+        source = conn.execute("SELECT current_database()").fetchall()[0][0]
+        existing = {f"{s}.{t}" for s, t in conn.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ?", [source]).fetchall()}
+        views = conn.execute(
+            "SELECT schema_name, view_name, sql FROM duckdb_views() WHERE database_name = ? AND NOT internal",
+            [source]).fetchall()
+        conn.execute(f"ATTACH {_sql_string(str(tmp))} AS publish_target")
+        try:
+            old_views = conn.execute(
+                "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'publish_target' "
+                "AND NOT internal").fetchall()
+            conn.execute("BEGIN TRANSACTION")
+            for schema, view in old_views:
+                conn.execute(f'DROP VIEW IF EXISTS publish_target."{schema}"."{view}"')
+            for name in tables:
+                schema, _, table = name.partition(".")
+                if not _PLAIN.match(schema) or not _PLAIN.match(table):
+                    raise ValueError(f"not a plain schema.table name: {name!r}")
+                conn.execute(f'DROP TABLE IF EXISTS publish_target."{schema}"."{table}"')
+                if name in existing:
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS publish_target."{schema}"')
+                    conn.execute(f'CREATE TABLE publish_target."{schema}"."{table}" AS '
+                                 f'SELECT * FROM "{source}"."{schema}"."{table}"')
+            conn.execute("USE publish_target")
+            try:
+                for schema, _, sql in views:
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    conn.execute(sql)
+            finally:
+                conn.execute(f'USE "{source}"')
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.execute("DETACH publish_target")
 
     def read_only(self) -> duckdb.DuckDBPyConnection:
         """A read-only connection to the published store (what analysts and `lexer-assets query` use)."""
@@ -98,3 +208,7 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table in TABLES:
         conn.execute(table.ddl())
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
