@@ -260,10 +260,14 @@ def _customer(seed: int, index: int, end_date: dt.date) -> tuple[dict[str, Any],
     return user, orders
 
 
-def iter_population(n_customers: int, *, seed: int = 7, end_date: dt.date
+def iter_population(n_customers: int, *, seed: int = 7, end_date: dt.date, start: int = 0
                     ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Yield ``(braze_user, orders)`` per customer, in customer order, without holding them all."""
-    for index in range(n_customers):
+    """Yield ``(braze_user, orders)`` per customer, in customer order, without holding them all.
+
+    ``start`` skips to customer number ``start`` (each customer is independent of the ones before it), so
+    slices of a large population can be generated in parallel.
+    """
+    for index in range(start, start + n_customers):
         yield _customer(seed, index, end_date)
 
 
@@ -312,12 +316,13 @@ def export_folder(bucket_root: Path, *, segment_id: str, export_date: dt.date, o
 
 def write_braze_export(users: Iterable[dict[str, Any]], bucket_root: Path, *, segment_id: str,
                        export_date: dt.date, object_prefix: str, users_per_file: int = 5000,
-                       fmt: str = "zip") -> list[Path]:
+                       fmt: str = "zip", first_file_number: int = 0) -> list[Path]:
     """Write users as a Braze segment export in Braze's layout; return the files written, in order.
 
     ``fmt`` is ``zip`` (one ``<hex>.json`` member per ``<hex>.zip``) or ``gzip`` (``<hex>.gz``). File names
     are 32 hex digits derived from ``object_prefix`` and the file number, and archive timestamps are fixed,
     so the same users give the same bytes. No users writes no files (as Braze does for an empty segment).
+    ``first_file_number`` lets slices of one export be written separately (e.g. in parallel).
     """
     if fmt not in ("zip", "gzip"):
         raise ValueError(f"fmt must be 'zip' or 'gzip', got {fmt!r}")
@@ -331,7 +336,8 @@ def write_braze_export(users: Iterable[dict[str, Any]], bucket_root: Path, *, se
 
     def flush() -> None:
         nonlocal buffer, in_buffer
-        name = hashlib.md5(f"{object_prefix}:{len(written)}".encode(), usedforsecurity=False).hexdigest()
+        number = first_file_number + len(written)
+        name = hashlib.md5(f"{object_prefix}:{number}".encode(), usedforsecurity=False).hexdigest()
         folder.mkdir(parents=True, exist_ok=True)
         data = buffer.getvalue().encode("utf-8")
         if fmt == "zip":

@@ -50,8 +50,10 @@ decision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -62,6 +64,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lexer_assets.braze.export_files import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -81,8 +84,8 @@ REJECT_REASONS: tuple[str, ...] = (
 RAW_LINE_CHARS = 1000
 
 _BLANK = "blank"
-_READ_CHUNK = 8 * 1024**2
-_BATCH_BYTES = 48 * 1024**2
+_READ_CHUNK = 4 * 1024**2
+_BATCH_BYTES = 8 * 1024**2
 _TOO_LONG_PREFIX = 4 * RAW_LINE_CHARS  # bytes kept of an over-long line: enough for 1,000 characters
 
 _SCALARS = ("external_id", "braze_id", "created_at", "first_name", "last_name", "email", "phone", "dob",
@@ -154,6 +157,8 @@ class _BatchBuilder:
 
     def take(self) -> pa.Table:
         table = pa.Table.from_batches(self.batches, schema=_BATCH_SCHEMA)
+        if len(self.batches) > 8:  # many small members: scanning many tiny batches costs more than a copy
+            table = table.combine_chunks()
         self.batches, self.nbytes = [], 0
         return table
 
@@ -172,15 +177,23 @@ def _repair_utf8(lines: list[bytes], flags: list[str | None] | None) -> tuple[pa
 
 
 def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line_bytes: int,
-                       max_member_bytes: int, max_ratio: float, counts: dict[str, int]) -> Iterator[pa.Table]:
-    """Split every member of every file into lines, yielding Arrow tables of about ``_BATCH_BYTES``."""
+                       max_member_bytes: int, max_ratio: float, counts: dict[str, int],
+                       member_order: dict[str, int]) -> Iterator[pa.Table]:
+    """Split every member of every file into lines, yielding Arrow tables of about ``_BATCH_BYTES``.
+
+    ``member_order`` is filled with each member's label and its position in the export (labels are made
+    unique: a zip may hold two members of the same name).
+    """
     builder = _BatchBuilder()
     member_seq = 0
     for path, file_label in zip(files, labels, strict=True):
         members = iter_ndjson_members(path, max_member_bytes=max_member_bytes, max_ratio=max_ratio)
         for label, stream in members:
             label = file_label + label[len(path.name):]  # keep the disambiguated file label
+            if label in member_order:
+                label = f"{label}#{sum(1 for k in member_order if k.startswith(label)) + 1}"
             member_seq += 1
+            member_order[label] = member_seq
             counts["members"] += 1
             next_line = 1
             carry = b""
@@ -272,19 +285,24 @@ _TS_FORMATS = ("['%Y-%m-%d %H:%M:%S.%g UTC', '%Y-%m-%d %H:%M:%S UTC', "
 def _stage_sql(max_line_bytes: int) -> str:
     schema = _sql_string(json.dumps(USER_JSON_SCHEMA))
     return f"""
-CREATE OR REPLACE TEMP TABLE _braze_stage AS
-WITH classified AS (
-  SELECT member_seq, export_file, export_line, line,
+WITH parsed AS (
+  SELECT member_seq, export_file, export_line, line, flag, line_bytes,
+    -- One parse per line: try() turns malformed JSON into NULL; the rare NULLs are classified below.
+    CASE WHEN flag IS NULL AND line_bytes <= {int(max_line_bytes)} THEN try(json_transform(line, {schema})) END
+      AS u
+  FROM _braze_batch
+), classified AS (
+  SELECT * EXCLUDE (flag, line_bytes),
     CASE
       WHEN flag IS NOT NULL THEN flag
       WHEN line_bytes > {int(max_line_bytes)} THEN '{REJECT_TOO_LONG}'
-      WHEN trim(line, {_WS}) = '' THEN '{_BLANK}'
-      WHEN NOT json_valid(line) THEN '{REJECT_INVALID_JSON}'
-      WHEN json_type(line) <> 'OBJECT' THEN '{REJECT_NOT_OBJECT}'
+      WHEN u IS NULL AND trim(line, {_WS}) = '' THEN '{_BLANK}'
+      WHEN u IS NULL AND NOT json_valid(line) THEN '{REJECT_INVALID_JSON}'
+      WHEN u IS NULL THEN '{REJECT_NOT_OBJECT}'
+      -- valid JSON whose first non-blank character is not '{{' is an array, string, number, ...
+      WHEN left(line, 1) <> '{{' AND left(ltrim(line, {_WS}), 1) <> '{{' THEN '{REJECT_NOT_OBJECT}'
     END AS reason
-  FROM _braze_batch
-), parsed AS (
-  SELECT *, CASE WHEN reason IS NULL THEN json_transform(line, {schema}) END AS u FROM classified
+  FROM parsed
 ), fields AS (
   SELECT member_seq, export_file, export_line, line, reason, u,
     nullif(u.external_id, '') AS external_id,
@@ -294,7 +312,7 @@ WITH classified AS (
       WHEN json_type(u.user_aliases) = 'ARRAY' THEN u.user_aliases
       ELSE ('[' || u.user_aliases || ']')::JSON
     END AS user_aliases
-  FROM parsed
+  FROM classified
 ), ids AS (
   SELECT *,
     nullif(user_aliases ->> '$[0].alias_name', '') AS alias_name,
@@ -337,70 +355,141 @@ def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, objec
     """Replace ``braze.users`` with the export in ``files`` and record its bad lines (see the module doc).
 
     ``files`` are export files in the order they should be read (later wins ties between duplicates).
-    ``work_dir`` is accepted for callers that provide scratch space; members are streamed through memory in
-    bounded batches, so nothing is written there. Does not begin or commit a transaction.
+    ``work_dir`` holds scratch files (rejected lines spill there as Parquet; removed afterwards); a temporary
+    folder is used when it is None. Does not begin or commit a transaction.
     """
     files = [Path(f) for f in files]
     labels = _file_labels(files)
-    conn.execute("DELETE FROM braze.users")
-    conn.execute("DELETE FROM braze.export_rejects WHERE object_prefix = ?", [object_prefix])
-    conn.execute("CREATE OR REPLACE TEMP TABLE _braze_keys (member_seq INTEGER, export_file VARCHAR, "
-                 "export_line BIGINT, external_id VARCHAR, braze_id VARCHAR, customer_id VARCHAR, "
-                 "created_at TIMESTAMP)")
-    user_cols = ", ".join(c for c in BRAZE_USERS.column_names if c not in ("object_prefix",))
+    user_cols = [c for c in BRAZE_USERS.column_names if c != "object_prefix"]
     stage_sql = _stage_sql(max_line_bytes)
     prefix = _sql_string(object_prefix)
     counts = {"members": 0}
-    try:
-        batches = _iter_line_batches(files, labels, max_line_bytes=max_line_bytes,
-                                     max_member_bytes=max_member_bytes, max_ratio=max_ratio, counts=counts)
-        for batch in _prefetch(batches):
-            conn.register("_braze_batch", batch)
+    member_order: dict[str, int] = {}
+
+    conn.execute("DELETE FROM braze.users")
+    conn.execute("DELETE FROM braze.export_rejects WHERE object_prefix = ?", [object_prefix])
+    # Lines are parsed on a second connection to the same database (it reads only the registered batch), so
+    # the caller's connection can run ONE streaming INSERT: DuckDB then writes full row groups to disk as it
+    # goes, where many small INSERTs in one transaction would keep everything in memory until commit.
+    parser = conn.cursor()
+    with tempfile.TemporaryDirectory(prefix="braze-load-", dir=_scratch_parent(work_dir)) as scratch:
+        rejects = _RejectSpool(Path(scratch) / "rejects.parquet")
+        failure: list[BaseException] = []
+        good_schema = _staged_schema(parser, stage_sql).select(user_cols).schema
+
+        def staged_batches() -> Iterator[pa.RecordBatch]:
             try:
-                conn.execute(stage_sql)
+                batches = _iter_line_batches(files, labels, max_line_bytes=max_line_bytes,
+                                             max_member_bytes=max_member_bytes, max_ratio=max_ratio,
+                                             counts=counts, member_order=member_order)
+                for batch in _prefetch(batches):
+                    parser.register("_braze_batch", batch)
+                    try:
+                        staged = parser.sql(stage_sql).to_arrow_table()
+                    finally:
+                        parser.unregister("_braze_batch")
+                    reason = staged.column("reason")
+                    bad = staged.filter(pc.and_(pc.is_valid(reason), pc.not_equal(reason, _BLANK)))
+                    if bad.num_rows:
+                        rejects.write(bad.select(["export_file", "export_line", "reason", "raw_line"]))
+                    # One record batch per staged batch: every pull from the stream costs a round trip.
+                    yield from staged.filter(pc.is_null(reason)).select(user_cols).combine_chunks().to_batches()
+            except BaseException as exc:  # re-raised as itself below, not as DuckDB's wrapper of it
+                failure.append(exc)
+                raise
+
+        try:
+            stream = pa.RecordBatchReader.from_batches(good_schema, staged_batches())
+            conn.register("_braze_stream", stream)
+            try:
+                conn.execute(f"INSERT INTO braze.users ({', '.join(user_cols)}, object_prefix) "
+                             f"SELECT *, {prefix} FROM _braze_stream")
+            except Exception:
+                if failure:
+                    raise failure[0] from None
+                raise
             finally:
-                conn.unregister("_braze_batch")
-            conn.execute(
-                "INSERT INTO braze.export_rejects (object_prefix, export_file, export_line, reason, "
-                f"raw_line) SELECT {prefix}, export_file, export_line, reason, raw_line FROM _braze_stage "
-                f"WHERE reason IS NOT NULL AND reason <> '{_BLANK}'")
-            conn.execute(
-                f"INSERT INTO braze.users ({user_cols}, object_prefix) "
-                f"SELECT {user_cols}, {prefix} FROM _braze_stage WHERE reason IS NULL")
-            conn.execute(
-                "INSERT INTO _braze_keys SELECT member_seq, export_file, export_line, external_id, braze_id, "
-                "customer_id, created_at FROM _braze_stage WHERE reason IS NULL")
-        duplicates = _collapse_duplicates(conn)
-        loaded = conn.execute("SELECT count(*) FROM braze.users").fetchone()[0]
-        by_reason = dict(conn.execute(
-            "SELECT reason, count(*) FROM braze.export_rejects WHERE object_prefix = ? GROUP BY reason "
-            "ORDER BY reason", [object_prefix]).fetchall())
-    finally:
-        conn.execute("DROP TABLE IF EXISTS _braze_stage")
-        conn.execute("DROP TABLE IF EXISTS _braze_keys")
+                with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses even this
+                    conn.unregister("_braze_stream")
+        finally:
+            parser.close()
+        if rejects.close():
+            conn.execute("INSERT INTO braze.export_rejects (object_prefix, export_file, export_line, reason, "
+                         f"raw_line) SELECT {prefix}, export_file, export_line, reason, raw_line "
+                         f"FROM read_parquet({_sql_string(str(rejects.path))})")
+    duplicates = _collapse_duplicates(conn, member_order)
+    loaded = conn.execute("SELECT count(*) FROM braze.users").fetchone()[0]
+    by_reason = dict(conn.execute(
+        "SELECT reason, count(*) FROM braze.export_rejects WHERE object_prefix = ? GROUP BY reason "
+        "ORDER BY reason", [object_prefix]).fetchall())
     rejected = sum(by_reason.values())
     return LoadReport(object_prefix=object_prefix, files=len(files), lines=loaded + duplicates + rejected,
                       loaded=loaded, duplicates=duplicates, rejected=rejected, rejects_by_reason=by_reason,
                       members=counts["members"])
 
 
-def _collapse_duplicates(conn: duckdb.DuckDBPyConnection) -> int:
+def _scratch_parent(work_dir: Path | None) -> Path | None:
+    if work_dir is None:
+        return None
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    return Path(work_dir)
+
+
+def _staged_schema(parser: duckdb.DuckDBPyConnection, stage_sql: str) -> pa.Table:
+    parser.register("_braze_batch", pa.Table.from_batches([], schema=_BATCH_SCHEMA))
+    try:
+        return parser.sql(stage_sql).to_arrow_table()
+    finally:
+        parser.unregister("_braze_batch")
+
+
+class _RejectSpool:
+    """Rejected lines written to a Parquet file as they are found, so a bad export cannot fill memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> bool:
+        """Finish the file; whether anything was written."""
+        if self._writer is None:
+            return False
+        self._writer.close()
+        return True
+
+
+def _collapse_duplicates(conn: duckdb.DuckDBPyConnection, member_order: dict[str, int]) -> int:
     """Apply the three-pass duplicate rule of the module doc; return how many rows were dropped."""
+    if not member_order:
+        return 0
     order = "ORDER BY created_at DESC NULLS LAST, member_seq DESC, export_line DESC"
-    conn.execute(f"""
+    conn.register("_braze_members", pa.table({"export_file": list(member_order),
+                                              "member_seq": list(member_order.values())}))
+    try:
+        conn.execute(f"""
 CREATE OR REPLACE TEMP TABLE _braze_losers AS
-WITH pass1 AS (
+WITH keys AS (
+  SELECT u.export_file, u.export_line, u.external_id, u.braze_id, u.customer_id, u.created_at, m.member_seq
+  FROM braze.users u JOIN _braze_members m USING (export_file)
+), pass1 AS (
   SELECT *, external_id IS NULL
-            OR row_number() OVER (PARTITION BY external_id {order}) = 1 AS keep1 FROM _braze_keys
+            OR row_number() OVER (PARTITION BY external_id {order}) = 1 AS keep1 FROM keys
 ), pass2 AS (
   SELECT *, braze_id IS NULL
             OR row_number() OVER (PARTITION BY braze_id {order}) = 1 AS keep2 FROM pass1 WHERE keep1
 ), pass3 AS (
   SELECT *, row_number() OVER (PARTITION BY customer_id {order}) = 1 AS keep3 FROM pass2 WHERE keep2
 )
-SELECT export_file, export_line FROM _braze_keys
+SELECT export_file, export_line FROM keys
 EXCEPT SELECT export_file, export_line FROM pass3 WHERE keep3
 """)
+    finally:
+        conn.unregister("_braze_members")
     try:
         losers = conn.execute("SELECT count(*) FROM _braze_losers").fetchone()[0]
         if losers:
