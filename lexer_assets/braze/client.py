@@ -282,7 +282,7 @@ class BrazeClient:
                                     params=params, extensions=self._request_extensions)
             try:
                 response = await http.send(request)
-            except httpx.TransportError as exc:  # timeouts, refused/reset/dropped connections
+            except (httpx.TransportError, OSError) as exc:  # timeouts, refused/reset/dropped connections
                 self.stats.transient_errors += 1
                 problem = f"{type(exc).__name__}: {self._scrub(str(exc))[:200] or 'connection error'}"
                 if transient_attempt >= self.max_retries:

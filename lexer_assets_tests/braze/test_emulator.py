@@ -375,3 +375,24 @@ def test_served_as_a_separate_process_with_config(tmp_path: Path) -> None:
         assert r.status_code == 201
         assert "never-on-argv" not in " ".join(running._process.args)  # type: ignore[union-attr]
     assert running._process is not None and running._process.poll() is not None
+
+
+def test_in_process_local_profile_path(tmp_path: Path) -> None:
+    """The local profile: the client talks to make_app through httpx.ASGITransport, no socket at all."""
+    from lexer_assets.braze.client import BrazeClient
+
+    state = EmulatorState(tmp_path / "state")
+    state.seed([{"external_id": "i1", "custom_attributes": {"lexer_audience": ["Old"]}}, {"external_id": "i2"}],
+               segment_id="seg", api_key="local-key")
+    app = make_app(tmp_path / "state", config=EmulatorConfig(bucket_root=tmp_path / "bucket", export_delay_s=0))
+    client = BrazeClient("http://braze-emulator.local", "local-key", transport=httpx.ASGITransport(app=app))
+    results = client.send_attributes([
+        {"external_id": "i1", "_update_existing_only": True, "lexer_audience": {"add": ["New"], "remove": ["Old"]}},
+        {"external_id": "i9", "_update_existing_only": True, "lexer_audience": {"add": ["New"]}},
+    ])
+    assert [r.status for r in results] == ["done", "failed"]
+    answer = client.export_segment("seg", ["external_id", "custom_attributes"])
+    files = exported_files(tmp_path / "bucket", answer["object_prefix"])  # there before the answer came
+    users = {u["external_id"]: u for u in read_export_file(files[0])}
+    assert users["i1"]["custom_attributes"] == {"lexer_audience": ["New"]}
+    assert "custom_attributes" not in users["i2"]
