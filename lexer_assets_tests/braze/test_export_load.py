@@ -317,3 +317,45 @@ def test_unsafe_zip_refuses_the_load_and_caller_transaction_keeps_old_data(
         load(conn, [write_gz(tmp_path / "fine.gz", ndjson([{"external_id": "new"}])), evil], tmp_path)
     conn.execute("ROLLBACK")
     assert rows(conn, "SELECT customer_id FROM braze.users") == [("kept",)]
+
+
+def test_lines_crossing_read_chunks_keep_their_numbers(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    # ~9 MiB member: several 4 MiB reads, so many lines straddle a chunk boundary.
+    users = [{"external_id": f"n{n}", "line": n, "pad": "z" * (n % 1500)} for n in range(1, 12001)]
+    path = write_zip(tmp_path / "big.zip", {"big.json": ndjson(users)})
+    report = load(conn, [path], tmp_path)
+    assert (report.loaded, report.rejected) == (12000, 0)
+    assert rows(conn, "SELECT count(*) FROM braze.users WHERE customer_id <> 'n' || export_line") == [(0,)]
+
+
+def test_same_names_in_different_folders_and_repeated_zip_members(conn: duckdb.DuckDBPyConnection,
+                                                                   tmp_path: Path) -> None:
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()
+    one = write_gz(tmp_path / "d1" / "same.gz", ndjson([{"external_id": "1"}]))
+    two = write_gz(tmp_path / "d2" / "same.gz", ndjson([{"external_id": "2"}]))
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as archive:
+        archive.writestr("u.json", ndjson([{"external_id": "3"}]))
+        with pytest.warns(UserWarning):  # zipfile warns about the repeated name; Braze never does this
+            archive.writestr("u.json", ndjson([{"external_id": "4"}]))
+    report = load(conn, [one, two, twice], tmp_path)
+    assert report.loaded == 4
+    assert rows(conn, "SELECT customer_id, export_file FROM braze.users ORDER BY 1") == [
+        ("1", "d1/same.gz"), ("2", "d2/same.gz"), ("3", "twice.zip!u.json"), ("4", "twice.zip!u.json#2")]
+
+
+def test_zip_bomb_refuses_the_load(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    bomb = write_zip(tmp_path / "bomb.zip", {"bomb.json": b"\n" * (40 * 1024 * 1024)})
+    with pytest.raises(ExportFileError, match=r"bomb\.zip!bomb\.json.*max_ratio"):
+        load(conn, [bomb], tmp_path)
+    with pytest.raises(ExportFileError, match=r"max_member_bytes"):
+        load(conn, [write_gz(tmp_path / "big.gz", ndjson([{"external_id": "x" * 5000}]))], tmp_path,
+             max_member_bytes=1000)
+
+
+def test_work_dir_is_left_clean(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    path = write_gz(tmp_path / "r.gz", b"bad line\n" + ndjson([{"external_id": "1"}]))
+    report = load(conn, [path], tmp_path)
+    assert (report.loaded, report.rejected) == (1, 1)
+    assert list((tmp_path / "work").iterdir()) == []
