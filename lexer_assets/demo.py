@@ -186,12 +186,13 @@ def summary_table(settings: Settings, run_id: str) -> str:
             """
             WITH latest AS (SELECT audience_slug, max(snapshot_date) AS d FROM lexer.audience_history GROUP BY 1)
             SELECT h.audience_name, h.snapshot_date, h.size, h.entered, h.exited,
-                   coalesce(r.sent, 0), coalesce(r.failed, 0)
+                   coalesce(r.adds, 0), coalesce(r.removes, 0), coalesce(r.sent, 0), coalesce(r.failed, 0)
             FROM lexer.audience_history h JOIN latest l ON l.audience_slug = h.audience_slug AND l.d = h.snapshot_date
             LEFT JOIN sync.braze_sync_runs r ON r.run_id = ? AND r.audience_name = h.audience_name
             ORDER BY h.audience_name
             """, [run_id]).fetchall()
-    header = ("audience", "day", "members", "entered", "exited", "sent", "failed")
+    # adds/removes: changes the diff found; sent: changes Braze confirmed; failed: rejected or still pending
+    header = ("audience", "day", "members", "entered", "exited", "adds", "removes", "sent", "failed")
     table = [header, *[(str(r[0]), str(r[1]), *(f"{int(v):,}" for v in r[2:])) for r in rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))

@@ -27,6 +27,12 @@ concurrency:
     granularity: op
   runs:
     max_concurrent_runs: 4
+# A run worker that dies (killed, machine restart) would otherwise keep its pool slot forever and every later
+# run would wait in the queue: run monitoring marks such runs failed and frees their slots.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 15
 # The landing sensors tick every LEXER_LANDING_SENSOR_INTERVAL_S; keep their skipped ticks for a week only.
 retention:
   schedule:
