@@ -77,10 +77,11 @@ def _d(value: date) -> str:
 
 # Order identity -> profile customer_id: external_id first, else the normalised email (oldest Braze profile
 # when several share it). Used by create_attributed_orders and by build_profiles, so both attach alike.
+# external_id needs no de-duplication: braze.users has one row per customer_id, which is the external_id
+# whenever there is one. Emails do repeat across users, hence the arg_min.
 _IDENTITY_CTES = """
 by_external AS (
-  SELECT external_id, min(customer_id) AS customer_id FROM braze.users
-  WHERE external_id IS NOT NULL GROUP BY external_id
+  SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL
 ),
 by_email AS (
   SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
