@@ -26,7 +26,6 @@ history ends yesterday (see ``auto_shift_days``) and "as of today" profiles look
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -96,38 +95,42 @@ def detect_order_format(path: Path) -> OrderFormat:
 
 # --- splitting files into staged text fields ---
 
-_STAGE_SCHEMA = {
-    "source_file": pl.String, "file_name": pl.String, "source_line": pl.Int64, "n_fields": pl.Int32,
-    "expected_fields": pl.Int32, "order_id": pl.String, "customer_id": pl.String, "email": pl.String,
-    "order_date": pl.String, "units": pl.String, "amount": pl.String, "raw_line": pl.String,
-    "date_format": pl.String, "problem": pl.String,
-}
+_TEXT_COLUMNS = ("order_id", "customer_id", "email", "order_date", "units", "amount", "raw_line")
 
 
-class _Chunk:
-    """Column lists for one batch of staged lines (a DataFrame is built from them once per batch)."""
+@dataclass
+class _Batch:
+    """Text fields of up to _CHUNK_LINES lines of one file, column by column (cheap to append to)."""
 
-    def __init__(self) -> None:
-        self.cols: dict[str, list[object]] = {k: [] for k in _STAGE_SCHEMA}
+    path: Path
+    expected_fields: int
+    date_format: str  # strptime format of order_date
+    problem: str | None = None  # set for a file whose lines are all rejected
 
-    def add(self, **values: object) -> None:
-        for k, col in self.cols.items():
-            col.append(values.get(k))
+    def __post_init__(self) -> None:
+        self.line_no: list[int] = []
+        self.n_fields: list[int] = []
+        self.text: dict[str, list[str | None]] = {c: [] for c in _TEXT_COLUMNS}
 
     def __len__(self) -> int:
-        return len(self.cols["source_line"])
+        return len(self.line_no)
 
     def frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self.cols, schema=_STAGE_SCHEMA)
+        df = pl.DataFrame({"source_line": self.line_no, "n_fields": self.n_fields, **self.text},
+                          schema={"source_line": pl.Int64, "n_fields": pl.Int32,
+                                  **{c: pl.String for c in _TEXT_COLUMNS}})
+        return df.with_columns(
+            pl.lit(str(self.path)).alias("source_file"), pl.lit(self.path.name).alias("file_name"),
+            pl.lit(self.expected_fields, dtype=pl.Int32).alias("expected_fields"),
+            pl.lit(self.date_format).alias("date_format"), pl.lit(self.problem, dtype=pl.String).alias("problem"),
+        )
+
+    def fresh(self) -> _Batch:
+        return _Batch(self.path, self.expected_fields, self.date_format, self.problem)
 
 
-def _clip(line: str) -> str:
-    return line.rstrip("\r\n")[:_RAW_LINE_LIMIT]
-
-
-def _stage_cdnow(path: Path) -> Iterator[_Chunk]:
-    chunk = _Chunk()
-    name, src = path.name, str(path)
+def _stage_cdnow(path: Path) -> Iterator[_Batch]:
+    batch = _Batch(path, 4, "%Y%m%d")
     with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
         for line_no, raw in enumerate(fh, start=1):
             fields = raw.split()
@@ -135,91 +138,97 @@ def _stage_cdnow(path: Path) -> Iterator[_Chunk]:
                 continue
             if line_no == 1 and tuple(f.lower() for f in fields) == CDNOW_HEADER:
                 continue
-            get = fields.__getitem__ if len(fields) == 4 else (lambda _i: None)
-            chunk.add(source_file=src, file_name=name, source_line=line_no, n_fields=len(fields),
-                      expected_fields=4, customer_id=get(0), order_date=get(1), units=get(2), amount=get(3),
-                      raw_line=_clip(raw), date_format="%Y%m%d")
-            if len(chunk) >= _CHUNK_LINES:
-                yield chunk
-                chunk = _Chunk()
-    if len(chunk):
-        yield chunk
+            batch.line_no.append(line_no)
+            batch.n_fields.append(len(fields))
+            t = batch.text
+            t["raw_line"].append(raw)
+            ok = len(fields) == 4
+            t["customer_id"].append(fields[0] if ok else None)
+            t["order_date"].append(fields[1] if ok else None)
+            t["units"].append(fields[2] if ok else None)
+            t["amount"].append(fields[3] if ok else None)
+            t["order_id"].append(None)
+            t["email"].append(None)
+            if len(batch) >= _CHUNK_LINES:
+                yield batch
+                batch = batch.fresh()
+    if len(batch):
+        yield batch
 
 
-def _stage_csv(path: Path) -> Iterator[_Chunk]:
-    chunk = _Chunk()
-    name, src = path.name, str(path)
+def _stage_csv(path: Path) -> Iterator[_Batch]:
+    # raw_line stays NULL here: it is read back from the file for rejected lines only (_fill_raw_lines).
+    batch: _Batch | None = None
     with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
-        # Keep the physical text of each line for the rejects table; csv.reader reads from the same lines.
-        lines = _LineTap(fh)
-        reader = csv.reader(lines)
-        header: list[str] | None = None
-        index: dict[str, int] = {}
+        reader = csv.reader(fh)
+        index: list[int] = []
         for record in reader:
-            line_no, raw = lines.line_no, lines.last
             if not record or all(not f.strip() for f in record):
                 continue
-            if header is None:
+            if batch is None:
                 header = [h.strip().lower() for h in record]
-                index = {c: header.index(c) for c in CSV_COLUMNS}
+                index = [header.index(c) for c in CSV_COLUMNS]
+                batch = _Batch(path, len(header), "%Y-%m-%d")
                 continue
-            ok = len(record) == len(header)
-
-            def get(col: str, _r: list[str] = record, _ok: bool = ok,
-                    _ix: dict[str, int] = index) -> str | None:
-                return _r[_ix[col]] if _ok else None
-
-            chunk.add(source_file=src, file_name=name, source_line=line_no, n_fields=len(record),
-                      expected_fields=len(header), order_id=get("order_id"), customer_id=get("customer_id"),
-                      email=get("email"), order_date=get("order_date"), units=get("units"),
-                      amount=get("amount"), raw_line=_clip(raw), date_format="%Y-%m-%d")
-            if len(chunk) >= _CHUNK_LINES:
-                yield chunk
-                chunk = _Chunk()
-    if len(chunk):
-        yield chunk
-
-
-class _LineTap:
-    """Iterator over a file's lines that remembers the current 1-based line number and text.
-
-    A quoted field spanning lines makes csv.reader pull several lines; the record is then reported at the
-    line where it ends, which is where an editor shows the problem anyway.
-    """
-
-    def __init__(self, fh: io.TextIOBase) -> None:
-        self._fh = fh
-        self.line_no = 0
-        self.last = ""
-
-    def __iter__(self) -> _LineTap:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._fh)
-        self.line_no += 1
-        self.last = line
-        return line
+            batch.line_no.append(reader.line_num)  # physical line where the record ends
+            batch.n_fields.append(len(record))
+            t = batch.text
+            t["raw_line"].append(None)
+            if len(record) == batch.expected_fields:
+                for col, i in zip(CSV_COLUMNS, index, strict=True):
+                    t[col].append(record[i])
+            else:
+                for col in CSV_COLUMNS:
+                    t[col].append(None)
+            if len(batch) >= _CHUNK_LINES:
+                yield batch
+                batch = batch.fresh()
+    if batch is not None and len(batch):
+        yield batch
 
 
-def _stage_unreadable(path: Path, problem: str) -> Iterator[_Chunk]:
-    chunk = _Chunk()
+def _stage_unreadable(path: Path, problem: str) -> Iterator[_Batch]:
+    batch = _Batch(path, 0, "%Y-%m-%d", problem)
     with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if raw.strip():
-                chunk.add(source_file=str(path), file_name=path.name, source_line=line_no,
-                          raw_line=_clip(raw), problem=problem)
-    if len(chunk):
-        yield chunk
+                batch.line_no.append(line_no)
+                batch.n_fields.append(0)
+                for col in _TEXT_COLUMNS:
+                    batch.text[col].append(raw if col == "raw_line" else None)
+    if len(batch):
+        yield batch
 
 
-def _stage_file(path: Path) -> Iterator[_Chunk]:
+def _stage_file(path: Path) -> Iterator[_Batch]:
     try:
         fmt = detect_order_format(path)
     except OrderFormatError as exc:
         yield from _stage_unreadable(path, f"unrecognised order file format: {exc}")
         return
     yield from (_stage_cdnow(path) if fmt == "cdnow" else _stage_csv(path))
+
+
+def _fill_raw_lines(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Put the file's text into raw_line of its rejected lines that have none yet (CSV files)."""
+    wanted = {n for (n,) in conn.execute(
+        "SELECT source_line FROM commerce.order_rejects WHERE source_file = ? AND raw_line IS NULL", [str(path)]
+    ).fetchall()}
+    if not wanted:
+        return
+    found: list[tuple[str, int]] = []
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if line_no in wanted:
+                found.append((_clip(raw), line_no))
+    conn.executemany(
+        "UPDATE commerce.order_rejects SET raw_line = ? WHERE source_file = ? AND source_line = ?",
+        [(raw, str(path), n) for raw, n in found],
+    )
+
+
+def _clip(line: str) -> str:
+    return line.rstrip("\r\n")[:_RAW_LINE_LIMIT]
 
 
 # --- typing and validating in SQL ---
@@ -243,7 +252,7 @@ WITH typed AS (
   FROM _orders_stage
 )
 SELECT
-  source_file, source_line, raw_line,
+  source_file, source_line, left(rtrim(raw_line, chr(13) || chr(10)), 1000) AS raw_line,
   coalesce(order_id_text, file_name || ':' || source_line) AS order_id,
   customer_id, email, order_date,
   CASE WHEN regexp_full_match(units_text, '[0-9]{1,9}') THEN units_text::INTEGER END AS units,
@@ -305,6 +314,8 @@ def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *,
             )
     conn.execute("DROP TABLE IF EXISTS _orders_checked")
     _reject_duplicate_order_ids(conn, paths)
+    for path in dict.fromkeys(paths):
+        _fill_raw_lines(conn, path)
     loaded, first, last = conn.execute(
         "SELECT count(*), min(order_date), max(order_date) FROM commerce.orders"
     ).fetchall()[0]
@@ -332,8 +343,7 @@ def _reject_duplicate_order_ids(conn: duckdb.DuckDBPyConnection, paths: list[Pat
         """INSERT INTO commerce.order_rejects (source_file, source_line, reason, raw_line)
            SELECT source_file, source_line,
                   'duplicate order_id ' || order_id || ' (first at ' || first_seen || ')',
-                  -- the parsed values, in canonical CSV order, stand in for the raw text
-                  concat_ws(',', order_id, customer_id, email, order_date, units, amount)
+                  NULL  -- the line's text is read back from the file (_fill_raw_lines)
            FROM _order_dups ORDER BY source_file, source_line"""
     )
     conn.execute(

@@ -134,6 +134,9 @@ def test_csv_orders_normalise_email_and_reject_bad_lines(conn: duckdb.DuckDBPyCo
     assert "'03/05/2026' is not a real date" in reasons[6]
     assert reasons[7] == "expected 6 fields, found 5"
     assert reasons[8] == f"duplicate order_id A1 (first at {f}:2)"
+    raw = dict(conn.sql("SELECT source_line, raw_line FROM commerce.order_rejects").fetchall())
+    assert raw[7] == "A6,C6,,2026-03-06,1"
+    assert raw[8] == "A1,C1,ann@example.com,2026-03-07,1,1.00"
 
 
 def test_csv_columns_in_any_order(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
