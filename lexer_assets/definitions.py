@@ -46,6 +46,10 @@ def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinit
         schedules=automation.schedules(settings),
         sensors=automation.sensors(settings),
         resources=resources_for(settings),
+        # Writers are serialised by the duckdb_writer pool anyway, so locally one process per run beats a process
+        # per step (each spawn re-imports Dagster: ~10 s a step). Prod keeps the multiprocess default, or the
+        # engine's executor (docs/production.md).
+        executor=dg.in_process_executor if settings.profile == "local" else None,
         loggers=loggers,
     )
 
