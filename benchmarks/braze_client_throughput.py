@@ -50,20 +50,27 @@ class Run:
         return self.requests / self.seconds
 
     def line(self) -> str:
-        return (f"{self.name:<28} {self.objects:>8} obj {self.seconds:7.2f} s {self.objects_per_s:>9,.0f} obj/s "
-                f"{self.requests_per_s:>7,.0f} req/s  429s={self.rate_limited:<5} "
-                f"client CPU {self.cpu_s / self.objects * 100_000:5.2f} s/100k obj")
+        return (
+            f"{self.name:<28} {self.objects:>8} obj {self.seconds:7.2f} s {self.objects_per_s:>9,.0f} obj/s "
+            f"{self.requests_per_s:>7,.0f} req/s  429s={self.rate_limited:<5} "
+            f"client CPU {self.cpu_s / self.objects * 100_000:5.2f} s/100k obj"
+        )
 
 
 def make_objects(n: int, users: int) -> list[dict]:
-    return [{"external_id": f"user-{i % users:07d}", "_update_existing_only": True,
-             "lexer_audience": {"add": ["High value customers"], "remove": ["Lapsed last 180 days"]}}
-            for i in range(n)]
+    return [
+        {
+            "external_id": f"user-{i % users:07d}",
+            "_update_existing_only": True,
+            "lexer_audience": {"add": ["High value customers"], "remove": ["Lapsed last 180 days"]},
+        }
+        for i in range(n)
+    ]
 
 
 def raw_loop(url: str, objects: list[dict], cap: int, in_flight: int) -> Run:
     """The ceiling: pre-encoded bodies posted by ``in_flight`` aiohttp workers; 429s simply re-sent."""
-    bodies = [json.dumps({"attributes": objects[i:i + cap]}).encode() for i in range(0, len(objects), cap)]
+    bodies = [json.dumps({"attributes": objects[i : i + cap]}).encode() for i in range(0, len(objects), cap)]
     stats = {"requests": 0, "429": 0}
 
     async def main() -> None:
@@ -86,26 +93,38 @@ def raw_loop(url: str, objects: list[dict], cap: int, in_flight: int) -> Run:
 
     cpu, started = time.process_time(), time.perf_counter()
     asyncio.run(main())
-    return Run("raw loop (ceiling)", len(objects), time.perf_counter() - started, stats["requests"],
-               stats["429"], time.process_time() - cpu)
+    return Run(
+        "raw loop (ceiling)",
+        len(objects),
+        time.perf_counter() - started,
+        stats["requests"],
+        stats["429"],
+        time.process_time() - cpu,
+    )
 
 
 def client_run(url: str, objects: list[dict], in_flight: int, rate_limit: int, window: float) -> Run:
-    client = BrazeClient(url, KEY, max_in_flight=in_flight, rate_limit_requests=rate_limit,
-                         rate_limit_window_s=window)
+    client = BrazeClient(url, KEY, max_in_flight=in_flight, rate_limit_requests=rate_limit, rate_limit_window_s=window)
     cpu, started = time.process_time(), time.perf_counter()
     results = client.send_attributes(objects)
     seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     not_done = sum(r.status != "done" for r in results)
     if not_done:
         raise SystemExit(f"{not_done} objects were not confirmed done")
-    return Run("BrazeClient.send_attributes", len(objects), seconds, client.stats.requests,
-               client.stats.rate_limited, cpu_s)
+    return Run(
+        "BrazeClient.send_attributes", len(objects), seconds, client.stats.requests, client.stats.rate_limited, cpu_s
+    )
 
 
 def _total(name: str, runs: list[Run]) -> Run:
-    return Run(name, sum(r.objects for r in runs), sum(r.seconds for r in runs), sum(r.requests for r in runs),
-               sum(r.rate_limited for r in runs), sum(r.cpu_s for r in runs))
+    return Run(
+        name,
+        sum(r.objects for r in runs),
+        sum(r.seconds for r in runs),
+        sum(r.requests for r in runs),
+        sum(r.rate_limited for r in runs),
+        sum(r.cpu_s for r in runs),
+    )
 
 
 def scenario(title: str, n_objects: int, rounds: int, in_flight: int, rate_limit: int, window: float) -> float:
@@ -113,8 +132,14 @@ def scenario(title: str, n_objects: int, rounds: int, in_flight: int, rate_limit
     with tempfile.TemporaryDirectory(prefix="braze-bench-") as tmp:
         users = min(n_objects, 200_000)
         state = EmulatorState(Path(tmp) / "state")
-        state.seed(({"external_id": f"user-{i:07d}", "custom_attributes": {"lexer_audience": ["Lapsed"]}}
-                    for i in range(users)), segment_id=SEGMENT, api_key=KEY)
+        state.seed(
+            (
+                {"external_id": f"user-{i:07d}", "custom_attributes": {"lexer_audience": ["Lapsed"]}}
+                for i in range(users)
+            ),
+            segment_id=SEGMENT,
+            api_key=KEY,
+        )
         config = EmulatorConfig(track_rate_limit=rate_limit, track_rate_window_s=window)
         objects = make_objects(n_objects, users)
         size = -(-n_objects // rounds)
@@ -123,7 +148,7 @@ def scenario(title: str, n_objects: int, rounds: int, in_flight: int, rate_limit
         with start_subprocess(Path(tmp) / "state", config=config) as emulator:
             raw_loop(emulator.url, objects[:7_500], 75, in_flight)  # warm-up (connections, SQLite cache)
             for n in range(rounds):
-                chunk = objects[n * size:(n + 1) * size]
+                chunk = objects[n * size : (n + 1) * size]
                 order = ("raw", "client") if n % 2 == 0 else ("client", "raw")
                 for kind in order:
                     time.sleep(window)  # start each run with a fresh rate window
@@ -137,14 +162,18 @@ def scenario(title: str, n_objects: int, rounds: int, in_flight: int, rate_limit
         if raw.rate_limited:  # the raw loop hit the limit: the ceiling is the limit itself
             ceiling = min(ceiling, rate_limit / window * 75)
         ratio = measured.objects_per_s / ceiling
-        print(f"\n== {title}: emulator limit {rate_limit} requests per {window:g} s, {in_flight} in flight, "
-              f"{rounds} alternating rounds ==")
+        print(
+            f"\n== {title}: emulator limit {rate_limit} requests per {window:g} s, {in_flight} in flight, "
+            f"{rounds} alternating rounds =="
+        )
         print(raw.line())
         print(measured.line())
         per_round = [c.objects_per_s / r.objects_per_s for c, r in zip(client_runs, raw_runs, strict=True)]
-        print(f"ceiling {ceiling:,.0f} obj/s; client / ceiling = {ratio:.1%} (per round "
-              f"{min(per_round):.0%}..{max(per_round):.0%}); client 429s: {measured.rate_limited} "
-              f"(goal >= 80% with zero 429s)")
+        print(
+            f"ceiling {ceiling:,.0f} obj/s; client / ceiling = {ratio:.1%} (per round "
+            f"{min(per_round):.0%}..{max(per_round):.0%}); client 429s: {measured.rate_limited} "
+            f"(goal >= 80% with zero 429s)"
+        )
         return ratio
 
 

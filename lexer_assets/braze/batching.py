@@ -28,7 +28,8 @@ def identifier_problem(obj: object) -> str | None:
         return f"not a JSON object (got {type(obj).__name__})"
     alias = obj.get("user_alias")
     if alias is not None and not (
-        isinstance(alias, Mapping) and _nonblank_str(alias.get("alias_name"))
+        isinstance(alias, Mapping)
+        and _nonblank_str(alias.get("alias_name"))
         and _nonblank_str(alias.get("alias_label"))
     ):
         return "user_alias must be an object with non-empty alias_name and alias_label"
@@ -65,7 +66,7 @@ def plan_batches(indices: Sequence[int], cap: int, *, first_number: int = 0) -> 
     if cap < 1:
         raise ValueError(f"batch cap must be >= 1, got {cap}")
     for n, start in enumerate(range(0, len(indices), cap)):
-        yield Batch(first_number + n, tuple(indices[start:start + cap]))
+        yield Batch(first_number + n, tuple(indices[start : start + cap]))
 
 
 def request_count(pending: int, cap: int) -> int:

@@ -116,8 +116,9 @@ class _TrackRun:
     settled: int = 0
     abort: BrazeAuthError | None = None
 
-    def settle(self, indices: Sequence[int], status: str, reason: str | None, batch: int | None, *,
-               record: bool = True) -> None:
+    def settle(
+        self, indices: Sequence[int], status: str, reason: str | None, batch: int | None, *, record: bool = True
+    ) -> None:
         if record:
             for i in indices:
                 self.results[i] = ObjectResult(i, status, reason, batch)  # type: ignore[arg-type]
@@ -126,8 +127,7 @@ class _TrackRun:
             self.on_progress(self.settled, self.total)
 
 
-def _encode_batch(objects: Sequence[dict], indices: list[int] | Sequence[int]
-                  ) -> tuple[bytes | None, dict[int, str]]:
+def _encode_batch(objects: Sequence[dict], indices: list[int] | Sequence[int]) -> tuple[bytes | None, dict[int, str]]:
     """The /users/track body for ``objects[indices]`` and the objects that cannot be encoded (removed
     from ``indices`` in place when it is a list). One encoder call per batch: per object costs twice as much.
     """
@@ -174,11 +174,24 @@ def _run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 class BrazeClient:
     """Talks to one Braze REST endpoint with one REST key. See the module docstring for guarantees."""
 
-    def __init__(self, endpoint: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 batch_cap: int = 75, batch_mode: str = "total", rate_limit_requests: int = 3000,
-                 rate_limit_window_s: float = 3.0, max_in_flight: int = 8, max_retries: int = 6,
-                 timeout_s: float = 30.0, backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,
-                 max_reset_wait_s: float = 120.0, max_rate_limited_retries: int = 50) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        batch_cap: int = 75,
+        batch_mode: str = "total",
+        rate_limit_requests: int = 3000,
+        rate_limit_window_s: float = 3.0,
+        max_in_flight: int = 8,
+        max_retries: int = 6,
+        timeout_s: float = 30.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_reset_wait_s: float = 120.0,
+        max_rate_limited_retries: int = 50,
+    ) -> None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"Braze endpoint must start with https:// (got {endpoint!r})")
         if batch_cap < 1:
@@ -203,14 +216,17 @@ class BrazeClient:
         self.max_reset_wait_s = max_reset_wait_s
         self.max_rate_limited_retries = max_rate_limited_retries
         self.stats = ClientStats()
-        self._track_limiter = shared_limiter(f"{self.endpoint} track", rate_limit_requests,
-                                             rate_limit_window_s)
+        self._track_limiter = shared_limiter(f"{self.endpoint} track", rate_limit_requests, rate_limit_window_s)
         self._other_limiter = shared_limiter(f"{self.endpoint} other", *OTHER_RATE_LIMIT)
         self._random = random.Random()
         self._urls = {p: httpx.URL(self.endpoint + p) for p in ENDPOINT_PERMISSIONS}
-        self._headers = httpx.Headers({"Authorization": f"Bearer {self.__key}",
-                                       "Content-Type": "application/json",
-                                       "User-Agent": "lexer-assets-braze-client"})
+        self._headers = httpx.Headers(
+            {
+                "Authorization": f"Bearer {self.__key}",
+                "Content-Type": "application/json",
+                "User-Agent": "lexer-assets-braze-client",
+            }
+        )
         self._request_extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
 
     def __repr__(self) -> str:
@@ -225,8 +241,7 @@ class BrazeClient:
         if owned:
             from httpx_aiohttp import AiohttpTransport
 
-            limits = httpx.Limits(max_connections=self.max_in_flight,
-                                  max_keepalive_connections=self.max_in_flight)
+            limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight)
             transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
         else:
             transport = self._transport  # type: ignore[assignment]
@@ -238,18 +253,20 @@ class BrazeClient:
         return client, owned
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** attempt))
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
         return ceiling * self._random.uniform(0.5, 1.0)  # "equal jitter": never 0, never synchronised
 
     def _auth_error(self, response: httpx.Response, path: str) -> BrazeAuthError:
         if response.status_code == 401:
             return BrazeAuthError(
-                f"Braze rejected the REST key (401): wrong key or wrong cluster/endpoint {self.endpoint}",
-                status=401)
+                f"Braze rejected the REST key (401): wrong key or wrong cluster/endpoint {self.endpoint}", status=401
+            )
         permission = ENDPOINT_PERMISSIONS.get(path, path)
         return BrazeAuthError(
             f"Braze refused {path} (403 Access Denied): the REST key lacks the {permission!r} permission "
-            f"(endpoint {self.endpoint})", status=403)
+            f"(endpoint {self.endpoint})",
+            status=403,
+        )
 
     def _message(self, response: httpx.Response) -> str:
         try:
@@ -260,9 +277,17 @@ class BrazeClient:
             text = response.text
         return self._scrub(str(text)[:500])
 
-    async def _send(self, http: httpx.AsyncClient, method: str, path: str, *, limiter: SlidingWindowLimiter,
-                    content: bytes | None = None, params: dict | None = None,
-                    abort: Callable[[], bool] = lambda: False) -> httpx.Response:
+    async def _send(
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        path: str,
+        *,
+        limiter: SlidingWindowLimiter,
+        content: bytes | None = None,
+        params: dict | None = None,
+        abort: Callable[[], bool] = lambda: False,
+    ) -> httpx.Response:
         """One logical request with retries. Returns a final 2xx/4xx answer; raises BrazeAuthError on
         401/403, _GaveUp when transient failures or 429s outlast their budgets, _Aborted if told to stop."""
         transient_attempt = 0
@@ -278,8 +303,14 @@ class BrazeClient:
             self.stats.requests += 1
             # Built by hand (absolute URL parsed once, headers prepared once): httpx's build_request merges
             # base URL, params, headers and cookies per call, which is most of its overhead per request.
-            request = httpx.Request(method, self._urls[path], headers=self._headers, content=content,
-                                    params=params, extensions=self._request_extensions)
+            request = httpx.Request(
+                method,
+                self._urls[path],
+                headers=self._headers,
+                content=content,
+                params=params,
+                extensions=self._request_extensions,
+            )
             try:
                 response = await http.send(request)
             except (httpx.TransportError, OSError) as exc:  # timeouts, refused/reset/dropped connections
@@ -302,16 +333,14 @@ class BrazeClient:
                 wait = min(wait + 0.01, self.max_reset_wait_s)
                 limiter.block_for(wait)  # every sender on this endpoint waits, not just this one
                 if limited_attempt >= self.max_rate_limited_retries:
-                    raise _GaveUp(f"rate limited (429) {limited_attempt + 1} times: "
-                                  f"{self._message(response)}")
+                    raise _GaveUp(f"rate limited (429) {limited_attempt + 1} times: {self._message(response)}")
                 log.warning("Braze answered 429 on %s; waiting %.2f s for the rate-limit reset", path, wait)
                 limited_attempt += 1
                 continue
             if status >= 500:
                 self.stats.transient_errors += 1
                 if transient_attempt >= self.max_retries:
-                    raise _GaveUp(f"HTTP {status} from Braze "
-                                  f"(gave up after {transient_attempt + 1} attempts)")
+                    raise _GaveUp(f"HTTP {status} from Braze (gave up after {transient_attempt + 1} attempts)")
                 await asyncio.sleep(self._backoff(transient_attempt))
                 transient_attempt += 1
                 continue
@@ -322,8 +351,9 @@ class BrazeClient:
             return response
 
     # ---- /users/track ------------------------------------------------------------------------------------
-    def send_attributes(self, objects: Sequence[dict], *,
-                        on_progress: Callable[[int, int], None] | None = None) -> list[ObjectResult]:
+    def send_attributes(
+        self, objects: Sequence[dict], *, on_progress: Callable[[int, int], None] | None = None
+    ) -> list[ObjectResult]:
         """Send attribute objects to /users/track; one ``ObjectResult`` per input, in input order.
 
         Each object is sent as given (the caller adds ``_update_existing_only`` and the array add/remove
@@ -333,12 +363,18 @@ class BrazeClient:
         """
         return _run_sync(lambda: self._send_attributes(list(objects), on_progress))
 
-    async def _send_attributes(self, objects: list[dict],
-                               on_progress: Callable[[int, int], None] | None) -> list[ObjectResult]:
+    async def _send_attributes(
+        self, objects: list[dict], on_progress: Callable[[int, int], None] | None
+    ) -> list[ObjectResult]:
         total = len(objects)
-        run = _TrackRun(objects=objects, results=[None] * total, total=total,
-                        on_progress=on_progress, batch_numbers=itertools.count(),
-                        semaphore=asyncio.Semaphore(self.max_in_flight))
+        run = _TrackRun(
+            objects=objects,
+            results=[None] * total,
+            total=total,
+            on_progress=on_progress,
+            batch_numbers=itertools.count(),
+            semaphore=asyncio.Semaphore(self.max_in_flight),
+        )
         # Validation and encoding stream into batches that go out while later objects are still being
         # prepared; `ahead` bounds how far preparation runs ahead of the requests in flight.
         ahead = asyncio.Semaphore(2 * self.max_in_flight)
@@ -385,20 +421,30 @@ class BrazeClient:
         finally:
             if http is not None and owned:
                 await http.aclose()
-        results = [r if r is not None else ObjectResult(i, "pending", "not sent: the run stopped after an "
-                                                        "authentication error", None)
-                   for i, r in enumerate(run.results)]
+        results = [
+            r
+            if r is not None
+            else ObjectResult(i, "pending", "not sent: the run stopped after an authentication error", None)
+            for i, r in enumerate(run.results)
+        ]
         if run.abort is not None:
             run.abort.results = results
             raise run.abort
         return results
 
-    async def _track_batch(self, http: httpx.AsyncClient, run: _TrackRun, number: int,
-                           indices: Sequence[int], body: bytes) -> None:
+    async def _track_batch(
+        self, http: httpx.AsyncClient, run: _TrackRun, number: int, indices: Sequence[int], body: bytes
+    ) -> None:
         try:
             async with run.semaphore:
-                response = await self._send(http, "POST", "/users/track", content=body,
-                                            limiter=self._track_limiter, abort=lambda: run.abort is not None)
+                response = await self._send(
+                    http,
+                    "POST",
+                    "/users/track",
+                    content=body,
+                    limiter=self._track_limiter,
+                    abort=lambda: run.abort is not None,
+                )
         except BrazeAuthError as exc:
             if run.abort is None:
                 run.abort = exc
@@ -425,9 +471,12 @@ class BrazeClient:
             self.stats.bisections += 1
             mid = len(indices) // 2
             halves = (indices[:mid], indices[mid:])
-            await asyncio.gather(*(self._track_batch(http, run, next(run.batch_numbers), h,
-                                                     _encode_batch(run.objects, h)[0] or b"")
-                                   for h in halves))
+            await asyncio.gather(
+                *(
+                    self._track_batch(http, run, next(run.batch_numbers), h, _encode_batch(run.objects, h)[0] or b"")
+                    for h in halves
+                )
+            )
             return
         run.settle(indices, "failed", f"HTTP {status}: {self._message(response)}", number)
 
@@ -450,17 +499,18 @@ class BrazeClient:
         return failed
 
     # ---- exports and segments ----------------------------------------------------------------------------
-    async def _call(self, http: httpx.AsyncClient, method: str, path: str, *, body: dict | None = None,
-                    params: dict | None = None) -> Any:
+    async def _call(
+        self, http: httpx.AsyncClient, method: str, path: str, *, body: dict | None = None, params: dict | None = None
+    ) -> Any:
         content = None if body is None else json.dumps(body).encode()
         try:
-            response = await self._send(http, method, path, content=content, params=params,
-                                        limiter=self._other_limiter)
+            response = await self._send(http, method, path, content=content, params=params, limiter=self._other_limiter)
         except _GaveUp as exc:
             raise BrazeError(f"{path} on {self.endpoint} failed: {exc}") from None
         if not 200 <= response.status_code < 300:
-            raise BrazeError(f"{path} on {self.endpoint} answered HTTP {response.status_code}: "
-                             f"{self._message(response)}")
+            raise BrazeError(
+                f"{path} on {self.endpoint} answered HTTP {response.status_code}: {self._message(response)}"
+            )
         try:
             return response.json()
         except ValueError:
@@ -475,20 +525,30 @@ class BrazeClient:
             if owned:
                 await http.aclose()
 
-    def export_segment(self, segment_id: str, fields_to_export: Sequence[str], *, output_format: str = "zip",
-                       custom_attributes_to_export: Sequence[str] | None = None) -> dict:
+    def export_segment(
+        self,
+        segment_id: str,
+        fields_to_export: Sequence[str],
+        *,
+        output_format: str = "zip",
+        custom_attributes_to_export: Sequence[str] | None = None,
+    ) -> dict:
         """Ask Braze to export a segment to the connected bucket; returns Braze's JSON answer
         (``{"message": "success", "object_prefix": ...}``)."""
         if output_format not in ("zip", "gzip"):
             raise ValueError(f"output_format must be 'zip' or 'gzip', got {output_format!r}")
         if not fields_to_export:
             raise ValueError("fields_to_export must name at least one field")
-        body: dict[str, Any] = {"segment_id": segment_id, "fields_to_export": list(fields_to_export),
-                                "output_format": output_format}
+        body: dict[str, Any] = {
+            "segment_id": segment_id,
+            "fields_to_export": list(fields_to_export),
+            "output_format": output_format,
+        }
         if custom_attributes_to_export:
             body["custom_attributes_to_export"] = list(custom_attributes_to_export)
-        return _run_sync(lambda: self._with_http(
-            lambda http: self._call(http, "POST", "/users/export/segment", body=body)))
+        return _run_sync(
+            lambda: self._with_http(lambda http: self._call(http, "POST", "/users/export/segment", body=body))
+        )
 
     def list_segments(self) -> list[dict]:
         """Every (non-archived) segment, reading pages of 100 until a short page."""
@@ -496,8 +556,7 @@ class BrazeClient:
         async def all_pages(http: httpx.AsyncClient) -> list[dict]:
             segments: list[dict] = []
             for page in itertools.count():
-                answer = await self._call(http, "GET", "/segments/list",
-                                          params={"page": page, "sort_direction": "asc"})
+                answer = await self._call(http, "GET", "/segments/list", params={"page": page, "sort_direction": "asc"})
                 chunk = answer.get("segments") or []
                 segments.extend(chunk)
                 if len(chunk) < SEGMENTS_PAGE_SIZE:
@@ -506,9 +565,14 @@ class BrazeClient:
 
         return _run_sync(lambda: self._with_http(all_pages))
 
-    def export_ids(self, *, external_ids: Sequence[str] = (), user_aliases: Sequence[dict] = (),
-                   braze_ids: Sequence[str] = (), fields_to_export: Sequence[str] | None = None
-                   ) -> list[dict]:
+    def export_ids(
+        self,
+        *,
+        external_ids: Sequence[str] = (),
+        user_aliases: Sequence[dict] = (),
+        braze_ids: Sequence[str] = (),
+        fields_to_export: Sequence[str] | None = None,
+    ) -> list[dict]:
         """Look users up by id through /users/export/ids; returns the users Braze found.
 
         External ids and aliases go 50 per request; Braze takes one ``braze_id`` per request.
@@ -518,7 +582,7 @@ class BrazeClient:
         bodies: list[dict] = []
         for start in range(0, len(ids), EXPORT_IDS_PER_REQUEST):
             body: dict[str, Any] = {}
-            for kind, value in ids[start:start + EXPORT_IDS_PER_REQUEST]:
+            for kind, value in ids[start : start + EXPORT_IDS_PER_REQUEST]:
                 body.setdefault(kind, []).append(value)
             bodies.append(body)
         bodies += [{"braze_id": b} for b in braze_ids]
@@ -540,4 +604,3 @@ class BrazeClient:
             return [user for chunk in found for user in chunk]
 
         return _run_sync(lambda: self._with_http(all_requests))
-

@@ -22,8 +22,9 @@ class SlidingWindowLimiter:
     which jitter relative to our send times.
     """
 
-    def __init__(self, requests: int, window_s: float, *, margin: float = 0.02,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, requests: int, window_s: float, *, margin: float = 0.02, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._blocked_until = 0.0
@@ -38,7 +39,7 @@ class SlidingWindowLimiter:
             self.window_s = window_s
             self._budget = max(1, int(requests * (1.0 - margin)))
             old = list(getattr(self, "_sent", ()))
-            self._sent: deque[float] = deque(old[-self._budget:], maxlen=self._budget)
+            self._sent: deque[float] = deque(old[-self._budget :], maxlen=self._budget)
 
     def reserve(self) -> float:
         """Reserve the next send slot; returns how many seconds the caller must wait before sending."""

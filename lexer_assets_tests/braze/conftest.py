@@ -17,8 +17,15 @@ USERS = 300  # external ids u0 .. u299, each starting with lexer_audience ["A"]
 
 
 def seed_users(n: int = USERS) -> list[dict]:
-    return [{"external_id": f"u{i}", "email": f"u{i}@example.test", "first_name": f"First{i}",
-             "custom_attributes": {"lexer_audience": ["A"], "tier": "gold"}} for i in range(n)]
+    return [
+        {
+            "external_id": f"u{i}",
+            "email": f"u{i}@example.test",
+            "first_name": f"First{i}",
+            "custom_attributes": {"lexer_audience": ["A"], "tier": "gold"},
+        }
+        for i in range(n)
+    ]
 
 
 @dataclass
@@ -58,10 +65,22 @@ def emulator_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulat
 
 
 DEFAULTS = {
-    "fault_429_rate": 0.0, "fault_5xx_rate": 0.0, "fault_drop_rate": 0.0, "latency_s": 0.0,
-    "latency_jitter_s": 0.0, "track_batch_cap": 75, "track_batch_mode": "total", "track_rate_limit": 3000,
-    "track_rate_window_s": 3.0, "max_array_length": 100, "export_delay_s": 0.0, "fault_seed": 0,
-    "users_per_file": 5000, "bucket_path_prefix": "", "duplicate_rate": 0.0, "other_rate_limit": 250_000,
+    "fault_429_rate": 0.0,
+    "fault_5xx_rate": 0.0,
+    "fault_drop_rate": 0.0,
+    "latency_s": 0.0,
+    "latency_jitter_s": 0.0,
+    "track_batch_cap": 75,
+    "track_batch_mode": "total",
+    "track_rate_limit": 3000,
+    "track_rate_window_s": 3.0,
+    "max_array_length": 100,
+    "export_delay_s": 0.0,
+    "fault_seed": 0,
+    "users_per_file": 5000,
+    "bucket_path_prefix": "",
+    "duplicate_rate": 0.0,
+    "other_rate_limit": 250_000,
     "other_rate_window_s": 3600.0,
 }
 

@@ -41,12 +41,24 @@ def test_201_with_one_bad_object_among_three(emulator: Emulator) -> None:
     assert "nobody-here" not in values
 
 
-@pytest.mark.parametrize(("pending", "cap", "expected_requests"), [
-    (0, 75, 0), (1, 75, 1), (75, 75, 1), (76, 75, 2), (150, 75, 2), (151, 75, 3),
-    (0, 50, 0), (1, 50, 1), (50, 50, 1), (51, 50, 2), (75, 50, 2), (151, 50, 4),
-])
-def test_request_counts_per_batch_cap(emulator: Emulator, pending: int, cap: int,
-                                      expected_requests: int) -> None:
+@pytest.mark.parametrize(
+    ("pending", "cap", "expected_requests"),
+    [
+        (0, 75, 0),
+        (1, 75, 1),
+        (75, 75, 1),
+        (76, 75, 2),
+        (150, 75, 2),
+        (151, 75, 3),
+        (0, 50, 0),
+        (1, 50, 1),
+        (50, 50, 1),
+        (51, 50, 2),
+        (75, 50, 2),
+        (151, 50, 4),
+    ],
+)
+def test_request_counts_per_batch_cap(emulator: Emulator, pending: int, cap: int, expected_requests: int) -> None:
     emulator.configure(track_batch_cap=cap)  # the emulator refuses anything above the cap with a 400
     objects = [add(f"u{i}", "VIP") for i in range(pending)]
     results = client(emulator, batch_cap=cap).send_attributes(objects)
@@ -60,8 +72,12 @@ def test_request_counts_per_batch_cap(emulator: Emulator, pending: int, cap: int
 
 
 def test_object_without_identifier_is_rejected_and_does_not_hold_back_its_batch(emulator: Emulator) -> None:
-    objects = [add("u1", "VIP"), {"lexer_audience": {"add": ["VIP"]}}, add("u2", "VIP"),
-               {"external_id": "  ", "lexer_audience": {"add": ["VIP"]}}]
+    objects = [
+        add("u1", "VIP"),
+        {"lexer_audience": {"add": ["VIP"]}},
+        add("u2", "VIP"),
+        {"external_id": "  ", "lexer_audience": {"add": ["VIP"]}},
+    ]
     results = client(emulator).send_attributes(objects)
 
     assert [r.status for r in results] == ["done", "rejected", "done", "rejected"]
@@ -131,13 +147,16 @@ def test_remaining_zero_pauses_the_client_before_any_429(emulator: Emulator) -> 
 
 
 def test_emulator_sends_rate_limit_headers_in_lower_case_and_client_reads_any_case(emulator: Emulator) -> None:
-    r = httpx.post(f"{emulator.url}/users/track", headers={"Authorization": f"Bearer {KEY}"},
-                   json={"attributes": [add("u1", "X")]})
+    r = httpx.post(
+        f"{emulator.url}/users/track", headers={"Authorization": f"Bearer {KEY}"}, json={"attributes": [add("u1", "X")]}
+    )
     raw_names = [name for name, _ in r.headers.raw]
     assert b"x-ratelimit-reset" in raw_names  # lower-case on the wire, as under HTTP/2
-    for headers in ({"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "7", "X-RateLimit-Reset": "1700"},
-                    {"x-ratelimit-limit": "3000", "x-ratelimit-remaining": "7", "x-ratelimit-reset": "1700"},
-                    {"X-RATELIMIT-LIMIT": "3000", "x-RateLimit-remaining": "7", "X-Ratelimit-Reset": "1700"}):
+    for headers in (
+        {"X-RateLimit-Limit": "3000", "X-RateLimit-Remaining": "7", "X-RateLimit-Reset": "1700"},
+        {"x-ratelimit-limit": "3000", "x-ratelimit-remaining": "7", "x-ratelimit-reset": "1700"},
+        {"X-RATELIMIT-LIMIT": "3000", "x-RateLimit-remaining": "7", "X-Ratelimit-Reset": "1700"},
+    ):
         info = parse_rate_limit_headers(headers)
         assert (info.limit, info.remaining, info.reset_epoch) == (3000, 7, 1700.0)
 
@@ -226,7 +245,8 @@ def test_503s_that_never_stop_leave_objects_pending(emulator: Emulator) -> None:
 def test_dropped_connections_are_retried_then_counted_pending(emulator: Emulator) -> None:
     emulator.configure(fault_drop_rate=0.5, fault_seed=3)
     results = client(emulator, max_in_flight=1, max_retries=10).send_attributes(
-        [add(f"u{i}", "VIP") for i in range(100)])
+        [add(f"u{i}", "VIP") for i in range(100)]
+    )
     assert all(r.status == "done" for r in results)
     assert any(e["status"] == 0 for e in emulator.requests())  # 0 = dropped mid-answer
 
@@ -242,8 +262,9 @@ def test_timeouts_are_transient(emulator: Emulator) -> None:
 
 
 # ---- auth and secrets -------------------------------------------------------------------------------------
-def test_401_names_wrong_key_or_cluster_and_is_not_retried(emulator: Emulator,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_401_names_wrong_key_or_cluster_and_is_not_retried(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong = "wrong-key-5551234"
     c = client(emulator, key=wrong)
     caplog.set_level(logging.DEBUG)

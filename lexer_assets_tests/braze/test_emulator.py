@@ -29,8 +29,11 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def track(emulator: Emulator, attributes: list, key: str = KEY, **extra: list) -> httpx.Response:
-    return httpx.post(f"{emulator.url}/users/track", headers={"Authorization": f"Bearer {key}"},
-                      json={"attributes": attributes, **extra})
+    return httpx.post(
+        f"{emulator.url}/users/track",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"attributes": attributes, **extra},
+    )
 
 
 def audience(emulator: Emulator, external_id: str) -> object:
@@ -58,12 +61,15 @@ def test_unique_arrays_and_readding_moves_to_the_end(emulator: Emulator) -> None
 
 
 def test_add_then_remove_then_set_within_one_request(emulator: Emulator) -> None:
-    r = track(emulator, [
-        {"external_id": "u2", "lexer_audience": {"remove": ["A"]}},
-        {"external_id": "u2", "lexer_audience": {"add": ["A", "B"]}},  # add runs before remove: A ends removed
-        {"external_id": "u3", "lexer_audience": ["X", "Y"]},
-        {"external_id": "u3", "lexer_audience": {"add": ["Z"]}},  # set runs last: Z is lost
-    ])
+    r = track(
+        emulator,
+        [
+            {"external_id": "u2", "lexer_audience": {"remove": ["A"]}},
+            {"external_id": "u2", "lexer_audience": {"add": ["A", "B"]}},  # add runs before remove: A ends removed
+            {"external_id": "u3", "lexer_audience": ["X", "Y"]},
+            {"external_id": "u3", "lexer_audience": {"add": ["Z"]}},  # set runs last: Z is lost
+        ],
+    )
     assert r.status_code == 201 and r.json()["attributes_processed"] == 4
     assert audience(emulator, "u2") == ["B"]
     assert audience(emulator, "u3") == ["X", "Y"]
@@ -83,8 +89,9 @@ def test_array_cap_drops_the_oldest_silently(emulator: Emulator) -> None:
 
 def test_255_character_limits(emulator: Emulator) -> None:
     long_key = "k" * 256
-    r = track(emulator, [{"external_id": "u7", "note": "x" * 300, "tags": ["y" * 260]},
-                         {"external_id": "u8", long_key: 1}])
+    r = track(
+        emulator, [{"external_id": "u7", "note": "x" * 300, "tags": ["y" * 260]}, {"external_id": "u8", long_key: 1}]
+    )
     body = r.json()
     assert r.status_code == 201 and body["attributes_processed"] == 1
     assert [(e["input_array"], e["index"]) for e in body["errors"]] == [("attributes", 1)]
@@ -96,9 +103,14 @@ def test_255_character_limits(emulator: Emulator) -> None:
 
 def test_update_existing_only_never_creates_a_profile(emulator: Emulator) -> None:
     before = emulator.state.user_count()
-    r = track(emulator, [{"external_id": "new-1", "_update_existing_only": True, "tier": "x"},
-                         {"external_id": "new-2", "tier": "y"},
-                         {"user_alias": {"alias_name": "n1", "alias_label": "shop"}, "tier": "z"}])
+    r = track(
+        emulator,
+        [
+            {"external_id": "new-1", "_update_existing_only": True, "tier": "x"},
+            {"external_id": "new-2", "tier": "y"},
+            {"user_alias": {"alias_name": "n1", "alias_label": "shop"}, "tier": "z"},
+        ],
+    )
     body = r.json()
     assert body["attributes_processed"] == 2
     assert body["errors"] == [{"type": body["errors"][0]["type"], "input_array": "attributes", "index": 0}]
@@ -108,8 +120,13 @@ def test_update_existing_only_never_creates_a_profile(emulator: Emulator) -> Non
 
 
 def test_standard_attributes_go_to_the_top_level_and_email_identifies(emulator: Emulator) -> None:
-    track(emulator, [{"external_id": "u9", "first_name": "Zoë", "country": "NZ"},
-                     {"email": " U10@Example.TEST ", "lexer_audience": {"add": ["E"]}}])
+    track(
+        emulator,
+        [
+            {"external_id": "u9", "first_name": "Zoë", "country": "NZ"},
+            {"email": " U10@Example.TEST ", "lexer_audience": {"add": ["E"]}},
+        ],
+    )
     users = {u.get("external_id"): u for u in emulator.state.users()}
     assert users["u9"]["first_name"] == "Zoë" and users["u9"]["country"] == "NZ"
     assert "first_name" not in users["u9"]["custom_attributes"]
@@ -130,8 +147,16 @@ def test_batch_cap_total_and_per_array(emulator: Emulator) -> None:
 
 
 def test_partial_errors_name_exactly_the_invalid_objects(emulator: Emulator) -> None:
-    r = track(emulator, [{"external_id": "u1", "tier": "a"}, {"tier": "no id"}, "not an object",
-                         {"braze_id": "unknown-braze-id", "tier": "b"}, {"external_id": "u2", "tier": "c"}])
+    r = track(
+        emulator,
+        [
+            {"external_id": "u1", "tier": "a"},
+            {"tier": "no id"},
+            "not an object",
+            {"braze_id": "unknown-braze-id", "tier": "b"},
+            {"external_id": "u2", "tier": "c"},
+        ],
+    )
     body = r.json()
     assert r.status_code == 201 and body["message"] == "success" and body["attributes_processed"] == 2
     assert [e["index"] for e in body["errors"]] == [1, 2, 3]
@@ -190,13 +215,14 @@ def test_fault_knobs(emulator: Emulator) -> None:
 
 
 # ---- segment export ---------------------------------------------------------------------------------------
-EXPORT_PATH = re.compile(r"^segment-export/(?P<seg>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<prefix>[0-9a-f-]{36}-\d+)/"
-                         r"(?P<name>[0-9a-f]{32})\.(?P<ext>zip|gz)$")
+EXPORT_PATH = re.compile(
+    r"^segment-export/(?P<seg>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<prefix>[0-9a-f-]{36}-\d+)/"
+    r"(?P<name>[0-9a-f]{32})\.(?P<ext>zip|gz)$"
+)
 
 
 def export(emulator: Emulator, **body: object) -> httpx.Response:
-    payload = {"segment_id": SEGMENT_ID, "fields_to_export": ["external_id", "email", "custom_attributes"],
-               **body}
+    payload = {"segment_id": SEGMENT_ID, "fields_to_export": ["external_id", "email", "custom_attributes"], **body}
     return httpx.post(f"{emulator.url}/users/export/segment", headers=AUTH, json=payload, timeout=30)
 
 
@@ -226,8 +252,7 @@ def test_export_writes_brazes_layout_with_synced_values(emulator: Emulator) -> N
 
 def test_export_gzip_custom_attribute_subset_and_path_prefix(emulator: Emulator) -> None:
     emulator.configure(bucket_path_prefix="brand/exports")
-    r = export(emulator, output_format="gzip", fields_to_export=["external_id"],
-               custom_attributes_to_export=["tier"])
+    r = export(emulator, output_format="gzip", fields_to_export=["external_id"], custom_attributes_to_export=["tier"])
     prefix = r.json()["object_prefix"]
     files = exported_files(emulator.bucket, prefix)
     assert len(files) == 1 and files[0].suffix == ".gz"
@@ -282,15 +307,19 @@ def test_export_to_s3_through_boto3(tmp_path: Path) -> None:
         s3.create_bucket(Bucket="brand-bucket")
         state = EmulatorState(tmp_path / "state")
         state.seed([{"external_id": "s1"}, {"external_id": "s2"}], segment_id="seg", api_key=KEY)
-        config = EmulatorConfig(s3_endpoint_url=endpoint, s3_bucket="brand-bucket", s3_region="us-east-1",
-                                bucket_path_prefix="p", **creds)
+        config = EmulatorConfig(
+            s3_endpoint_url=endpoint, s3_bucket="brand-bucket", s3_region="us-east-1", bucket_path_prefix="p", **creds
+        )
         assert "testing-secret" not in repr(config)
         transport = httpx.ASGITransport(app=make_app(tmp_path / "state", config=config))
 
         async def call() -> httpx.Response:
             async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as c:
-                return await c.post("/users/export/segment", headers=AUTH,
-                                    json={"segment_id": "seg", "fields_to_export": ["external_id"]})
+                return await c.post(
+                    "/users/export/segment",
+                    headers=AUTH,
+                    json={"segment_id": "seg", "fields_to_export": ["external_id"]},
+                )
 
         import asyncio
 
@@ -310,35 +339,52 @@ def test_segments_list_pages_of_100(emulator: Emulator) -> None:
     for n in range(150):
         emulator.state.add_segment(f"s-{n:03d}", f"S {n}")
     emulator.state.add_segment("archived-1", "Old", archived=True)
-    pages = [httpx.get(f"{emulator.url}/segments/list", headers=AUTH, params={"page": p}).json()["segments"]
-             for p in range(3)]
+    pages = [
+        httpx.get(f"{emulator.url}/segments/list", headers=AUTH, params={"page": p}).json()["segments"]
+        for p in range(3)
+    ]
     assert [len(p) for p in pages] == [100, 53, 0]  # 3 seeded + 150, the archived one hidden
     assert pages[0][0]["id"] == SEGMENT_ID and pages[0][0]["name"] == "All Users"
     assert set(pages[0][0]) == {"id", "name", "analytics_tracking_enabled", "tags"}
-    desc = httpx.get(f"{emulator.url}/segments/list", headers=AUTH,
-                     params={"page": 0, "sort_direction": "desc"}).json()["segments"]
+    desc = httpx.get(
+        f"{emulator.url}/segments/list", headers=AUTH, params={"page": 0, "sort_direction": "desc"}
+    ).json()["segments"]
     assert desc[0]["id"] == "s-149"
 
 
 def test_export_ids(emulator: Emulator) -> None:
-    r = httpx.post(f"{emulator.url}/users/export/ids", headers=AUTH,
-                   json={"external_ids": ["u1", "ghost"], "fields_to_export": ["external_id", "first_name"]})
+    r = httpx.post(
+        f"{emulator.url}/users/export/ids",
+        headers=AUTH,
+        json={"external_ids": ["u1", "ghost"], "fields_to_export": ["external_id", "first_name"]},
+    )
     assert r.status_code == 201
-    assert r.json() == {"users": [{"external_id": "u1", "first_name": "First1"}], "invalid_user_ids": ["ghost"],
-                        "message": "success"}
-    r = httpx.post(f"{emulator.url}/users/export/ids", headers=AUTH,
-                   json={"external_ids": [f"u{i}" for i in range(51)]})
+    assert r.json() == {
+        "users": [{"external_id": "u1", "first_name": "First1"}],
+        "invalid_user_ids": ["ghost"],
+        "message": "success",
+    }
+    r = httpx.post(
+        f"{emulator.url}/users/export/ids", headers=AUTH, json={"external_ids": [f"u{i}" for i in range(51)]}
+    )
     assert r.status_code == 400
 
 
 # ---- state ------------------------------------------------------------------------------------------------
 def test_state_survives_a_restart(tmp_path: Path) -> None:
     state = EmulatorState(tmp_path)
-    assert state.seed([{"external_id": "a"}, {"external_id": "a"}, {"external_id": "b"}], segment_id="s",
-                      api_key="k-secret-777") == 2  # the repeated user is stored once
+    assert (
+        state.seed(
+            [{"external_id": "a"}, {"external_id": "a"}, {"external_id": "b"}], segment_id="s", api_key="k-secret-777"
+        )
+        == 2
+    )  # the repeated user is stored once
     with start_in_thread(tmp_path) as running:
-        r = httpx.post(f"{running.url}/users/track", headers={"Authorization": "Bearer k-secret-777"},
-                       json={"attributes": [{"external_id": "a", "lexer_audience": {"add": ["Q"]}}]})
+        r = httpx.post(
+            f"{running.url}/users/track",
+            headers={"Authorization": "Bearer k-secret-777"},
+            json={"attributes": [{"external_id": "a", "lexer_audience": {"add": ["Q"]}}]},
+        )
         assert r.status_code == 201
     reopened = EmulatorState(tmp_path)
     assert reopened.attribute_values("lexer_audience") == {"a": ["Q"]}
@@ -358,8 +404,11 @@ def test_pure_array_semantics() -> None:
 def test_seed_is_fast_enough_for_large_populations(tmp_path: Path) -> None:
     state = EmulatorState(tmp_path)
     started = time.monotonic()
-    n = state.seed(({"external_id": f"e{i}", "email": f"e{i}@x.test", "custom_attributes": {"t": i}}
-                    for i in range(50_000)), segment_id="s", api_key="k")
+    n = state.seed(
+        ({"external_id": f"e{i}", "email": f"e{i}@x.test", "custom_attributes": {"t": i}} for i in range(50_000)),
+        segment_id="s",
+        api_key="k",
+    )
     assert n == 50_000 and time.monotonic() - started < 10  # ~1M in well under a few minutes
 
 
@@ -382,14 +431,19 @@ def test_in_process_local_profile_path(tmp_path: Path) -> None:
     from lexer_assets.braze.client import BrazeClient
 
     state = EmulatorState(tmp_path / "state")
-    state.seed([{"external_id": "i1", "custom_attributes": {"lexer_audience": ["Old"]}}, {"external_id": "i2"}],
-               segment_id="seg", api_key="local-key")
+    state.seed(
+        [{"external_id": "i1", "custom_attributes": {"lexer_audience": ["Old"]}}, {"external_id": "i2"}],
+        segment_id="seg",
+        api_key="local-key",
+    )
     app = make_app(tmp_path / "state", config=EmulatorConfig(bucket_root=tmp_path / "bucket", export_delay_s=0))
     client = BrazeClient("http://braze-emulator.local", "local-key", transport=httpx.ASGITransport(app=app))
-    results = client.send_attributes([
-        {"external_id": "i1", "_update_existing_only": True, "lexer_audience": {"add": ["New"], "remove": ["Old"]}},
-        {"external_id": "i9", "_update_existing_only": True, "lexer_audience": {"add": ["New"]}},
-    ])
+    results = client.send_attributes(
+        [
+            {"external_id": "i1", "_update_existing_only": True, "lexer_audience": {"add": ["New"], "remove": ["Old"]}},
+            {"external_id": "i9", "_update_existing_only": True, "lexer_audience": {"add": ["New"]}},
+        ]
+    )
     assert [r.status for r in results] == ["done", "failed"]
     answer = client.export_segment("seg", ["external_id", "custom_attributes"])
     files = exported_files(tmp_path / "bucket", answer["object_prefix"])  # there before the answer came

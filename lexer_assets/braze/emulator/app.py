@@ -94,8 +94,13 @@ class EmulatorConfig:
 
     def bucket(self) -> Bucket | None:
         if self.s3_bucket:
-            return S3Bucket(self.s3_bucket, endpoint_url=self.s3_endpoint_url, region=self.s3_region,
-                            access_key_id=self.aws_access_key_id, secret_access_key=self.aws_secret_access_key)
+            return S3Bucket(
+                self.s3_bucket,
+                endpoint_url=self.s3_endpoint_url,
+                region=self.s3_region,
+                access_key_id=self.aws_access_key_id,
+                secret_access_key=self.aws_secret_access_key,
+            )
         if self.bucket_root is not None:
             return LocalFolderBucket(self.bucket_root)
         return None
@@ -108,8 +113,7 @@ class FixedWindowCounter:
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[int, int]] = {}
 
-    def hit(self, group: str, limit: int, window_s: float, now: float | None = None
-            ) -> tuple[bool, dict[str, str]]:
+    def hit(self, group: str, limit: int, window_s: float, now: float | None = None) -> tuple[bool, dict[str, str]]:
         """Count one request; returns (allowed, rate-limit headers)."""
         now = time.time() if now is None else now
         index = int(now // window_s)
@@ -122,8 +126,11 @@ class FixedWindowCounter:
                 count += 1
             self._windows[group] = (index, count)
         reset = math.ceil((index + 1) * window_s)
-        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(max(0, limit - count)),
-                   "X-RateLimit-Reset": str(reset)}
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - count)),
+            "X-RateLimit-Reset": str(reset),
+        }
         return allowed, headers
 
 
@@ -131,8 +138,13 @@ class _DroppedConnection(Response):
     """Starts an answer and dies mid-body: the server closes the connection, the client sees it dropped."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"message":', "more_body": True})
         raise ConnectionAbortedError("emulator fault injection: connection dropped")
 
@@ -159,12 +171,18 @@ class _Emulator:
 
     def _record(self, path: str, status: int, headers: dict[str, str], objects: int = 0) -> None:
         with self._log_lock:
-            self.request_log.append({"t": time.time(), "path": path, "status": status, "objects": objects,
-                                     "reset": headers.get("X-RateLimit-Reset"),
-                                     "remaining": headers.get("X-RateLimit-Remaining")})
+            self.request_log.append(
+                {
+                    "t": time.time(),
+                    "path": path,
+                    "status": status,
+                    "objects": objects,
+                    "reset": headers.get("X-RateLimit-Reset"),
+                    "remaining": headers.get("X-RateLimit-Remaining"),
+                }
+            )
 
-    def _answer(self, path: str, status: int, body: dict, headers: dict[str, str], objects: int = 0
-                ) -> Response:
+    def _answer(self, path: str, status: int, body: dict, headers: dict[str, str], objects: int = 0) -> Response:
         self._record(path, status, headers, objects)
         return JSONResponse(body, status_code=status, headers=headers)
 
@@ -226,11 +244,20 @@ class _Emulator:
         sizes = [len(v) for v in arrays.values()]
         too_many = (sum(sizes) > cap) if self.config.track_batch_mode == "total" else (max(sizes) > cap)
         if too_many:
-            return self._answer(path, 400, {"message": f"Too many objects in one request: at most {cap} "
-                                            f"({self.config.track_batch_mode})"}, headers, sum(sizes))
+            return self._answer(
+                path,
+                400,
+                {"message": f"Too many objects in one request: at most {cap} ({self.config.track_batch_mode})"},
+                headers,
+                sum(sizes),
+            )
         if not any(sizes):
-            return self._answer(path, 400, {"message": "Valid data must be provided in the 'attributes', "
-                                            "'events', or 'purchases' fields."}, headers)
+            return self._answer(
+                path,
+                400,
+                {"message": "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."},
+                headers,
+            )
         attributes = arrays["attributes"]
         marker = self.config.bad_request_marker
         if marker and any(isinstance(o, dict) and marker in o for o in attributes):
@@ -270,8 +297,9 @@ class _Emulator:
         if output_format not in ("zip", "gzip"):
             return self._answer(path, 400, {"message": "'output_format' must be 'zip' or 'gzip'"}, headers)
         if custom is not None and (not isinstance(custom, list) or len(custom) > 500):
-            return self._answer(path, 400, {"message": "'custom_attributes_to_export' must be an array of at "
-                                            "most 500 names"}, headers)
+            return self._answer(
+                path, 400, {"message": "'custom_attributes_to_export' must be an array of at most 500 names"}, headers
+            )
         if self.state.segment_rule(segment_id) is None:
             return self._answer(path, 400, {"message": f"Segment {segment_id} not found"}, headers)
         bucket = self.config.bucket()
@@ -279,28 +307,49 @@ class _Emulator:
             return self._answer(path, 400, {"message": "No bucket is connected to the emulator"}, headers)
         object_prefix = f"{uuid.uuid4()}-{int(time.time())}"
         if not self.state.start_export(segment_id, object_prefix):
-            return self._answer(path, 429, {"message": f"An export of segment {segment_id} is already running"},
-                                headers)
-        folder = export_folder(self.config.bucket_path_prefix, segment_id,
-                               dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"), object_prefix)
+            return self._answer(
+                path, 429, {"message": f"An export of segment {segment_id} is already running"}, headers
+            )
+        folder = export_folder(
+            self.config.bucket_path_prefix, segment_id, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"), object_prefix
+        )
         job = (segment_id, fields, custom, output_format, bucket, folder, object_prefix)
         if self.config.export_delay_s <= 0:
             await run_in_threadpool(self._run_export, *job)
         else:
-            threading.Thread(target=self._run_export, args=job, kwargs={"delay": self.config.export_delay_s},
-                             name=f"emulator-export-{object_prefix}", daemon=True).start()
+            threading.Thread(
+                target=self._run_export,
+                args=job,
+                kwargs={"delay": self.config.export_delay_s},
+                name=f"emulator-export-{object_prefix}",
+                daemon=True,
+            ).start()
         return self._answer(path, 201, {"message": "success", "object_prefix": object_prefix}, headers)
 
-    def _run_export(self, segment_id: str, fields: list[str], custom: list[str] | None, output_format: str,
-                    bucket: Bucket, folder: str, object_prefix: str, delay: float = 0.0) -> None:
+    def _run_export(
+        self,
+        segment_id: str,
+        fields: list[str],
+        custom: list[str] | None,
+        output_format: str,
+        bucket: Bucket,
+        folder: str,
+        object_prefix: str,
+        delay: float = 0.0,
+    ) -> None:
         if delay:
             time.sleep(delay)
         files = users = 0
         try:
             projected = (project_fields(u, fields, custom) for u in self.state.segment_users(segment_id))
-            keys, users = write_export(projected, bucket, folder, output_format=output_format,
-                                       users_per_file=self.config.users_per_file,
-                                       duplicate_rate=self.config.duplicate_rate)
+            keys, users = write_export(
+                projected,
+                bucket,
+                folder,
+                output_format=output_format,
+                users_per_file=self.config.users_per_file,
+                duplicate_rate=self.config.duplicate_rate,
+            )
             files = len(keys)
         except Exception as exc:  # recorded, and the export stops blocking its segment
             log.exception("emulator export %s failed", object_prefix)
@@ -323,7 +372,7 @@ class _Emulator:
         segments = self.state.segments()
         if direction == "desc":
             segments.reverse()
-        chunk = segments[page * SEGMENTS_PAGE_SIZE:(page + 1) * SEGMENTS_PAGE_SIZE]
+        chunk = segments[page * SEGMENTS_PAGE_SIZE : (page + 1) * SEGMENTS_PAGE_SIZE]
         return self._answer(path, 200, {"message": "success", "segments": chunk}, headers)
 
     async def export_ids(self, request: Request) -> Response:
@@ -337,24 +386,25 @@ class _Emulator:
         external_ids = body.get("external_ids") or []
         aliases = body.get("user_aliases") or []
         if not isinstance(external_ids, list) or not isinstance(aliases, list):
-            return self._answer(path, 400, {"message": "'external_ids' and 'user_aliases' must be arrays"},
-                                headers)
+            return self._answer(path, 400, {"message": "'external_ids' and 'user_aliases' must be arrays"}, headers)
         if len(external_ids) + len(aliases) > MAX_EXPORT_IDS:
             return self._answer(path, 400, {"message": f"At most {MAX_EXPORT_IDS} ids per request"}, headers)
         alias_keys = []
         for a in aliases:
             if not (isinstance(a, dict) and a.get("alias_name") and a.get("alias_label")):
-                return self._answer(path, 400, {"message": "user_aliases need alias_name and alias_label"},
-                                    headers)
+                return self._answer(path, 400, {"message": "user_aliases need alias_name and alias_label"}, headers)
             alias_keys.append((a["alias_label"], a["alias_name"]))
         users, missing = self.state.lookup(
-            external_ids=[str(e) for e in external_ids], aliases=alias_keys, braze_id=body.get("braze_id"),
-            email=body.get("email_address"), phone=body.get("phone"))
+            external_ids=[str(e) for e in external_ids],
+            aliases=alias_keys,
+            braze_id=body.get("braze_id"),
+            email=body.get("email_address"),
+            phone=body.get("phone"),
+        )
         fields = body.get("fields_to_export")
         if isinstance(fields, list) and fields:
             users = [project_fields(u, fields, None) for u in users]
-        return self._answer(path, 201, {"users": users, "invalid_user_ids": missing, "message": "success"},
-                            headers)
+        return self._answer(path, 201, {"users": users, "invalid_user_ids": missing, "message": "success"}, headers)
 
     # ---- test hooks --------------------------------------------------------------------------------------
     async def stats(self, request: Request) -> Response:
@@ -388,14 +438,16 @@ _INVALID = object()
 def make_app(state_dir: Path, *, config: EmulatorConfig | None = None) -> Starlette:
     """The emulator as an ASGI app over the state in ``state_dir`` (usable with httpx.ASGITransport)."""
     emulator = _Emulator(Path(state_dir), config or EmulatorConfig())
-    app = Starlette(routes=[
-        Route("/users/track", emulator.track, methods=["POST"]),
-        Route("/users/export/segment", emulator.export_segment, methods=["POST"]),
-        Route("/segments/list", emulator.segments_list, methods=["GET"]),
-        Route("/users/export/ids", emulator.export_ids, methods=["POST"]),
-        Route("/_emulator/stats", emulator.stats, methods=["GET"]),
-        Route("/_emulator/reset-stats", emulator.reset_stats, methods=["POST"]),
-        Route("/_emulator/config", emulator.set_config, methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/users/track", emulator.track, methods=["POST"]),
+            Route("/users/export/segment", emulator.export_segment, methods=["POST"]),
+            Route("/segments/list", emulator.segments_list, methods=["GET"]),
+            Route("/users/export/ids", emulator.export_ids, methods=["POST"]),
+            Route("/_emulator/stats", emulator.stats, methods=["GET"]),
+            Route("/_emulator/reset-stats", emulator.reset_stats, methods=["POST"]),
+            Route("/_emulator/config", emulator.set_config, methods=["POST"]),
+        ]
+    )
     app.state.emulator = emulator
     return app

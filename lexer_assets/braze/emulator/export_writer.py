@@ -44,14 +44,25 @@ class LocalFolderBucket:
 class S3Bucket:
     """An S3 bucket through boto3 (credentials are handed to boto3 only, never kept in a repr)."""
 
-    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+    ) -> None:
         import boto3
 
         self.bucket = bucket
-        self._client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
-                                    aws_access_key_id=access_key_id or None,
-                                    aws_secret_access_key=secret_access_key or None)
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region or None,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+        )
 
     def __repr__(self) -> str:
         return f"S3Bucket({self.bucket!r})"
@@ -85,7 +96,7 @@ def _is_duplicated(user: Mapping, rate: float) -> bool:
     if rate <= 0:
         return False
     ident = str(user.get("braze_id") or user.get("external_id") or json.dumps(user, sort_keys=True))
-    h = int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big") / 2 ** 64
+    h = int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big") / 2**64
     return h < rate
 
 
@@ -113,8 +124,15 @@ def _pack(lines: list[bytes], output_format: str) -> tuple[str, bytes]:
     return f"{name}.zip", buf.getvalue()
 
 
-def write_export(users: Iterable[dict], bucket: Bucket, folder: str, *, output_format: str = "zip",
-                 users_per_file: int = 5000, duplicate_rate: float = 0.0) -> tuple[list[str], int]:
+def write_export(
+    users: Iterable[dict],
+    bucket: Bucket,
+    folder: str,
+    *,
+    output_format: str = "zip",
+    users_per_file: int = 5000,
+    duplicate_rate: float = 0.0,
+) -> tuple[list[str], int]:
     """Write ``users`` as export files under ``folder``; returns (keys written, lines written).
 
     An empty segment writes nothing, as Braze may.

@@ -30,13 +30,20 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _server(state_dir: Path, config: EmulatorConfig | None, host: str, port: int) -> uvicorn.Server:
     app = make_app(state_dir, config=config)
-    uv_config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                               lifespan="off", backlog=2048)
+    uv_config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", backlog=2048
+    )
     return uvicorn.Server(uv_config)
 
 
-def serve(state_dir: Path, *, host: str = "127.0.0.1", port: int = 0, config: EmulatorConfig | None = None,
-          announce: bool = True) -> None:
+def serve(
+    state_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: EmulatorConfig | None = None,
+    announce: bool = True,
+) -> None:
     """Run the emulator until interrupted (``lexer-assets emulator serve --port P``).
 
     With ``port=0`` a free port is chosen; the base URL is printed on stdout either way.
@@ -76,15 +83,15 @@ class RunningEmulator:
         self.stop()
 
 
-def start_in_thread(state_dir: Path, *, config: EmulatorConfig | None = None,
-                    host: str = "127.0.0.1") -> RunningEmulator:
+def start_in_thread(
+    state_dir: Path, *, config: EmulatorConfig | None = None, host: str = "127.0.0.1"
+) -> RunningEmulator:
     """Serve the emulator on a free loopback port in a daemon thread; returns once it accepts requests."""
     sock = _bind(host, 0)
     port = sock.getsockname()[1]
     server = _server(state_dir, config, host, port)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="braze-emulator",
-                              daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="braze-emulator", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
@@ -94,11 +101,21 @@ def start_in_thread(state_dir: Path, *, config: EmulatorConfig | None = None,
     return RunningEmulator(f"http://{host}:{port}", _server=server, _thread=thread)
 
 
-def start_subprocess(state_dir: Path, *, config: EmulatorConfig | None = None, host: str = "127.0.0.1",
-                     port: int = 0) -> RunningEmulator:
+def start_subprocess(
+    state_dir: Path, *, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+) -> RunningEmulator:
     """Serve the emulator from a separate Python process (benchmarks: the client gets its own CPU)."""
-    cmd = [sys.executable, "-c", "import sys; from lexer_assets.braze.emulator.server import main; "
-           "main(sys.argv[1:])", "--state-dir", str(state_dir), "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from lexer_assets.braze.emulator.server import main; main(sys.argv[1:])",
+        "--state-dir",
+        str(state_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if config is not None:
         env[CONFIG_ENV] = config.to_json()  # not on the command line: it may hold AWS credentials

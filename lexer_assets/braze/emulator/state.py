@@ -195,7 +195,8 @@ class EmulatorState:
                     if external_id in seen_external:
                         continue
                 braze_id = user.get("braze_id") or _braze_id_for(
-                    external_id or json.dumps(user.get("user_aliases"), sort_keys=True) or str(next_id))
+                    external_id or json.dumps(user.get("user_aliases"), sort_keys=True) or str(next_id)
+                )
                 if braze_id in seen_braze:
                     continue
                 user["braze_id"] = braze_id
@@ -206,10 +207,15 @@ class EmulatorState:
                 for label, name in _aliases_of(user):
                     alias_rows.append((label, name, next_id))
                 email = user.get("email")
-                yield (next_id, external_id, braze_id,
-                       email.strip().lower() if isinstance(email, str) else None,
-                       user.get("phone"), json.dumps(user, separators=(",", ":")),
-                       json.dumps(custom, separators=(",", ":")) if custom else None)
+                yield (
+                    next_id,
+                    external_id,
+                    braze_id,
+                    email.strip().lower() if isinstance(email, str) else None,
+                    user.get("phone"),
+                    json.dumps(user, separators=(",", ":")),
+                    json.dumps(custom, separators=(",", ":")) if custom else None,
+                )
                 next_id += 1
 
         conn = self._conn()
@@ -231,24 +237,33 @@ class EmulatorState:
         segments = [
             (segment_id, "All Users", "all", 1, ["export"]),
             (str(uuid.uuid5(uuid.NAMESPACE_URL, "emulator/has-email")), "Has email", "has_email", 0, []),
-            (str(uuid.uuid5(uuid.NAMESPACE_URL, "emulator/email-opted-in")), "Email opted in",
-             "email_opted_in", 0, ["email"]),
+            (
+                str(uuid.uuid5(uuid.NAMESPACE_URL, "emulator/email-opted-in")),
+                "Email opted in",
+                "email_opted_in",
+                0,
+                ["email"],
+            ),
         ]
         for sid, name, rule, tracking, tags in segments:
             conn.execute(
                 "INSERT INTO segments (id, name, rule, analytics_tracking_enabled, tags) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, rule=excluded.rule, archived=0",
-                (sid, name, rule, tracking, json.dumps(tags)))
+                (sid, name, rule, tracking, json.dumps(tags)),
+            )
 
-    def add_segment(self, segment_id: str, name: str, rule: str = "all", *, archived: bool = False,
-                    tags: Iterable[str] = ()) -> None:
+    def add_segment(
+        self, segment_id: str, name: str, rule: str = "all", *, archived: bool = False, tags: Iterable[str] = ()
+    ) -> None:
         """Create or replace a segment (rules: all, has_email, email_opted_in, attribute_includes:A:V)."""
         segment_matches(rule, {})  # validates the rule
         with self._tx() as c:
             c.execute(
                 "INSERT INTO segments (id, name, rule, tags, archived) VALUES (?,?,?,?,?) ON CONFLICT(id) "
                 "DO UPDATE SET name=excluded.name, rule=excluded.rule, tags=excluded.tags, "
-                "archived=excluded.archived", (segment_id, name, rule, json.dumps(list(tags)), int(archived)))
+                "archived=excluded.archived",
+                (segment_id, name, rule, json.dumps(list(tags)), int(archived)),
+            )
 
     def add_api_key(self, key: str, permissions: Iterable[str]) -> None:
         """Create (or replace) an API key with exactly ``permissions``."""
@@ -261,8 +276,7 @@ class EmulatorState:
 
     def key_permissions(self, key: str) -> frozenset[str] | None:
         """Permissions of ``key``, or None if the key does not exist."""
-        row = self._conn().execute("SELECT permissions FROM api_keys WHERE key_hash = ?",
-                                   (_key_hash(key),)).fetchone()
+        row = self._conn().execute("SELECT permissions FROM api_keys WHERE key_hash = ?", (_key_hash(key),)).fetchone()
         return None if row is None else frozenset(json.loads(row[0]))
 
     # ---- reading ---------------------------------------------------------------------------------------
@@ -278,8 +292,7 @@ class EmulatorState:
     def attribute_values(self, attribute: str) -> dict[str, list]:
         """identity key (see ``identity_key``) -> value of custom attribute ``attribute``, users having it."""
         out: dict[str, Any] = {}
-        cur = self._conn().execute(
-            "SELECT profile, custom FROM users WHERE custom IS NOT NULL ORDER BY id")
+        cur = self._conn().execute("SELECT profile, custom FROM users WHERE custom IS NOT NULL ORDER BY id")
         for profile, custom in cur:
             attrs = json.loads(custom)
             if attribute in attrs and attrs[attribute] is not None:
@@ -289,13 +302,14 @@ class EmulatorState:
     def segments(self) -> list[dict]:
         """Non-archived segments in creation order, shaped like /segments/list entries."""
         cur = self._conn().execute(
-            "SELECT id, name, analytics_tracking_enabled, tags FROM segments WHERE archived = 0 ORDER BY seq")
-        return [{"id": i, "name": n, "analytics_tracking_enabled": bool(a), "tags": json.loads(t)}
-                for i, n, a, t in cur]
+            "SELECT id, name, analytics_tracking_enabled, tags FROM segments WHERE archived = 0 ORDER BY seq"
+        )
+        return [
+            {"id": i, "name": n, "analytics_tracking_enabled": bool(a), "tags": json.loads(t)} for i, n, a, t in cur
+        ]
 
     def segment_rule(self, segment_id: str) -> str | None:
-        row = self._conn().execute("SELECT rule FROM segments WHERE id = ? AND archived = 0",
-                                   (segment_id,)).fetchone()
+        row = self._conn().execute("SELECT rule FROM segments WHERE id = ? AND archived = 0", (segment_id,)).fetchone()
         return None if row is None else row[0]
 
     def segment_users(self, segment_id: str) -> Iterator[dict]:
@@ -312,9 +326,15 @@ class EmulatorState:
         finally:
             conn.close()
 
-    def lookup(self, *, external_ids: Iterable[str] = (), aliases: Iterable[tuple[str, str]] = (),
-               braze_id: str | None = None, email: str | None = None, phone: str | None = None
-               ) -> tuple[list[dict], list[str]]:
+    def lookup(
+        self,
+        *,
+        external_ids: Iterable[str] = (),
+        aliases: Iterable[tuple[str, str]] = (),
+        braze_id: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> tuple[list[dict], list[str]]:
         """Users for /users/export/ids, and the external ids not found."""
         conn = self._conn()
         found: dict[int, dict] = {}
@@ -325,8 +345,14 @@ class EmulatorState:
                 missing.append(eid)
             else:
                 found[row[0]] = _merge(row[1], row[2])
-        queries = [("SELECT u.id, u.profile, u.custom FROM user_aliases a JOIN users u ON u.id = a.user_id "
-                    "WHERE a.alias_label = ? AND a.alias_name = ?", a) for a in aliases]
+        queries = [
+            (
+                "SELECT u.id, u.profile, u.custom FROM user_aliases a JOIN users u ON u.id = a.user_id "
+                "WHERE a.alias_label = ? AND a.alias_name = ?",
+                a,
+            )
+            for a in aliases
+        ]
         if braze_id:
             queries.append(("SELECT id, profile, custom FROM users WHERE braze_id = ?", (braze_id,)))
         if email:
@@ -341,8 +367,9 @@ class EmulatorState:
     # ---- /users/track ----------------------------------------------------------------------------------
     def _resolve(self, conn: sqlite3.Connection, kind: str, value: Any) -> int | None:
         if kind == "user_alias":
-            row = conn.execute("SELECT user_id FROM user_aliases WHERE alias_label = ? AND alias_name = ?",
-                               value).fetchone()
+            row = conn.execute(
+                "SELECT user_id FROM user_aliases WHERE alias_label = ? AND alias_name = ?", value
+            ).fetchone()
         else:
             row = conn.execute(f"SELECT id FROM users WHERE {kind} = ? LIMIT 1", (value,)).fetchone()
         return None if row is None else row[0]
@@ -361,8 +388,10 @@ class EmulatorState:
         elif kind == "phone":
             phone = profile["phone"] = value
         profile["braze_id"] = braze_id = _braze_id_for(f"{kind}:{value}:{uuid.uuid4()}")
-        cur = conn.execute("INSERT INTO users (external_id, braze_id, email, phone, profile) VALUES (?,?,?,?,?)",
-                           (external_id, braze_id, email, phone, json.dumps(profile)))
+        cur = conn.execute(
+            "INSERT INTO users (external_id, braze_id, email, phone, profile) VALUES (?,?,?,?,?)",
+            (external_id, braze_id, email, phone, json.dumps(profile)),
+        )
         uid = cur.lastrowid
         if kind == "user_alias":
             conn.execute("INSERT INTO user_aliases VALUES (?,?,?)", (value[0], value[1], uid))
@@ -384,8 +413,9 @@ class EmulatorState:
                     uid = self._resolve(conn, kind, value)
                     if uid is None:
                         if obj.get("_update_existing_only") is True:
-                            raise InvalidObject(f"No existing user for {kind} and _update_existing_only "
-                                                "is true; no profile was created")
+                            raise InvalidObject(
+                                f"No existing user for {kind} and _update_existing_only is true; no profile was created"
+                            )
                         if kind == "braze_id":
                             raise InvalidObject("No user with this braze_id")
                         uid = self._create(conn, kind, value)
@@ -401,15 +431,21 @@ class EmulatorState:
                 self._write_ops(conn, per_user, max_array_length, readds)
         return TrackOutcome(processed, errors, readds)
 
-    def _write_ops(self, conn: sqlite3.Connection, per_user: dict[int, dict[str, AttributeOps]],
-                   cap: int, readds: list[tuple[str, str, str]] | None = None) -> None:
+    def _write_ops(
+        self,
+        conn: sqlite3.Connection,
+        per_user: dict[int, dict[str, AttributeOps]],
+        cap: int,
+        readds: list[tuple[str, str, str]] | None = None,
+    ) -> None:
         ids = list(per_user)
         rows: dict[int, tuple[str, str | None]] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for uid, profile, custom in conn.execute(
-                    f"SELECT id, profile, custom FROM users WHERE id IN ({marks})", chunk):
+                f"SELECT id, profile, custom FROM users WHERE id IN ({marks})", chunk
+            ):
                 rows[uid] = (profile, custom)
         updates = []
         for uid, ops in per_user.items():
@@ -436,12 +472,18 @@ class EmulatorState:
                         custom[key] = new
             new_profile = profile_json if profile is None else json.dumps(profile, separators=(",", ":"))
             email = profile.get("email") if profile is not None else None
-            updates.append((new_profile, json.dumps(custom, separators=(",", ":")) if custom else None,
-                            profile is not None, email.strip().lower() if isinstance(email, str) else None,
-                            uid))
+            updates.append(
+                (
+                    new_profile,
+                    json.dumps(custom, separators=(",", ":")) if custom else None,
+                    profile is not None,
+                    email.strip().lower() if isinstance(email, str) else None,
+                    uid,
+                )
+            )
         conn.executemany(
-            "UPDATE users SET profile = ?, custom = ?, email = CASE WHEN ? THEN ? ELSE email END WHERE id = ?",
-            updates)
+            "UPDATE users SET profile = ?, custom = ?, email = CASE WHEN ? THEN ? ELSE email END WHERE id = ?", updates
+        )
 
     # ---- exports -----------------------------------------------------------------------------------------
     def start_export(self, segment_id: str, object_prefix: str, *, stale_after_s: float = 900.0) -> bool:
@@ -450,22 +492,28 @@ class EmulatorState:
         with self._tx() as c:
             running = c.execute(
                 "SELECT 1 FROM exports WHERE segment_id = ? AND status = 'running' AND started_at > ?",
-                (segment_id, now - stale_after_s)).fetchone()
+                (segment_id, now - stale_after_s),
+            ).fetchone()
             if running:
                 return False
-            c.execute("INSERT INTO exports (object_prefix, segment_id, status, started_at) VALUES (?,?,?,?)",
-                      (object_prefix, segment_id, "running", now))
+            c.execute(
+                "INSERT INTO exports (object_prefix, segment_id, status, started_at) VALUES (?,?,?,?)",
+                (object_prefix, segment_id, "running", now),
+            )
             return True
 
     def finish_export(self, object_prefix: str, *, files: int, users: int, error: str | None = None) -> None:
         with self._tx() as c:
-            c.execute("UPDATE exports SET status = ?, finished_at = ?, files = ?, users = ?, error = ? "
-                      "WHERE object_prefix = ?",
-                      ("failed" if error else "done", time.time(), files, users, error, object_prefix))
+            c.execute(
+                "UPDATE exports SET status = ?, finished_at = ?, files = ?, users = ?, error = ? "
+                "WHERE object_prefix = ?",
+                ("failed" if error else "done", time.time(), files, users, error, object_prefix),
+            )
 
     def exports(self) -> list[dict]:
         cur = self._conn().execute(
             "SELECT object_prefix, segment_id, status, started_at, finished_at, files, users, error "
-            "FROM exports ORDER BY started_at")
+            "FROM exports ORDER BY started_at"
+        )
         cols = ("object_prefix", "segment_id", "status", "started_at", "finished_at", "files", "users", "error")
         return [dict(zip(cols, row, strict=True)) for row in cur]

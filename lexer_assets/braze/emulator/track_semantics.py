@@ -18,12 +18,29 @@ IDENTIFIER_KEYS = ("external_id", "user_alias", "braze_id", "email", "phone")
 # Keys of an attributes object that steer processing rather than set an attribute.
 CONTROL_KEYS = frozenset({"_update_existing_only", "_merge_objects", "push_token_import"})
 # Standard (non-custom) attributes: they live at the top level of the exported user object.
-STANDARD_ATTRIBUTES = frozenset({
-    "first_name", "last_name", "email", "phone", "dob", "gender", "country", "home_city", "language",
-    "time_zone", "email_subscribe", "push_subscribe", "bio", "image_url", "current_location",
-    "date_of_first_session", "date_of_last_session", "email_open_tracking_disabled",
-    "email_click_tracking_disabled",
-})
+STANDARD_ATTRIBUTES = frozenset(
+    {
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "dob",
+        "gender",
+        "country",
+        "home_city",
+        "language",
+        "time_zone",
+        "email_subscribe",
+        "push_subscribe",
+        "bio",
+        "image_url",
+        "current_location",
+        "date_of_first_session",
+        "date_of_last_session",
+        "email_open_tracking_disabled",
+        "email_click_tracking_disabled",
+    }
+)
 _UNSET = object()
 
 
@@ -41,16 +58,22 @@ def identity_of(obj: Mapping) -> tuple[str, Any]:
             return kind, value
     alias = obj.get("user_alias")
     if alias is not None:
-        if not (isinstance(alias, Mapping) and isinstance(alias.get("alias_name"), str)
-                and isinstance(alias.get("alias_label"), str) and alias["alias_name"] and alias["alias_label"]):
+        if not (
+            isinstance(alias, Mapping)
+            and isinstance(alias.get("alias_name"), str)
+            and isinstance(alias.get("alias_label"), str)
+            and alias["alias_name"]
+            and alias["alias_label"]
+        ):
             raise InvalidObject("'user_alias' must have non-empty 'alias_name' and 'alias_label'")
         return "user_alias", (alias["alias_label"], alias["alias_name"])
     for kind in ("email", "phone"):
         value = obj.get(kind)
         if isinstance(value, str) and value.strip():
             return kind, (value.strip().lower() if kind == "email" else value.strip())
-    raise InvalidObject("Missing identifier: one of 'external_id', 'user_alias', 'braze_id', 'email' or "
-                        "'phone' is required")
+    raise InvalidObject(
+        "Missing identifier: one of 'external_id', 'user_alias', 'braze_id', 'email' or 'phone' is required"
+    )
 
 
 def clip(value: Any) -> Any:
@@ -97,7 +120,7 @@ class AttributeOps:
         """New value of the attribute (``None`` means remove it)."""
         value = current
         if self.increment:
-            value = (value if isinstance(value, int | float) and not isinstance(value, bool) else 0)
+            value = value if isinstance(value, int | float) and not isinstance(value, bool) else 0
             value = value + self.increment
         if self.adds or self.removes:
             array = value if isinstance(value, list) else ([] if value is None else [value])
