@@ -142,7 +142,7 @@ def test_remaining_zero_pauses_the_client_before_any_429(emulator: Emulator) -> 
     assert all(r.status == "done" for r in results)
     sent = emulator.requests()
     assert [e["status"] for e in sent] == [201] * 12 and c.stats.rate_limited == 0
-    windows = Counter(int(e["t"]) for e in sent)
+    windows = Counter(e["reset"] for e in sent)
     assert max(windows.values()) <= 5 and time.time() - started >= 1.0
 
 
@@ -197,12 +197,14 @@ def test_proactive_limiter_shared_by_all_clients_of_an_endpoint() -> None:
 
 
 def test_two_clients_in_two_threads_share_one_budget_and_see_no_429(emulator: Emulator) -> None:
+    # Braze allows 20 per window; the clients are told 18, a little headroom because the emulator counts
+    # arrival times, which jitter against send times on a busy machine.
     emulator.configure(track_rate_limit=20, track_rate_window_s=1.0)
     errors: list[BaseException] = []
     outcomes: list[list[ObjectResult]] = []
 
     def sender(offset: int) -> None:
-        c = client(emulator, rate_limit_requests=20, rate_limit_window_s=1.0, batch_cap=1, max_in_flight=4)
+        c = client(emulator, rate_limit_requests=18, rate_limit_window_s=1.0, batch_cap=1, max_in_flight=4)
         try:
             outcomes.append(c.send_attributes([add(f"u{offset + i}", "VIP") for i in range(25)]))
         except BaseException as exc:  # surfaced below
@@ -216,7 +218,7 @@ def test_two_clients_in_two_threads_share_one_budget_and_see_no_429(emulator: Em
     assert not errors and all(r.status == "done" for rs in outcomes for r in rs)
     sent = emulator.requests()
     assert len(sent) == 50 and {e["status"] for e in sent} == {201}  # 50 requests > 20/s, yet no 429
-    assert max(Counter(int(e["t"]) for e in sent).values()) <= 20
+    assert max(Counter(e["reset"] for e in sent).values()) <= 20
 
 
 # ---- transient failures -----------------------------------------------------------------------------------

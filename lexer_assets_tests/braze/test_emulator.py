@@ -409,7 +409,7 @@ def test_seed_is_fast_enough_for_large_populations(tmp_path: Path) -> None:
         segment_id="s",
         api_key="k",
     )
-    assert n == 50_000 and time.monotonic() - started < 10  # ~1M in well under a few minutes
+    assert n == 50_000 and time.monotonic() - started < 30  # 1M took 34 s on a loaded 2-core box
 
 
 def test_served_as_a_separate_process_with_config(tmp_path: Path) -> None:
