@@ -287,6 +287,7 @@ class BrazeClient:
         content: bytes | None = None,
         params: dict | None = None,
         abort: Callable[[], bool] = lambda: False,
+        max_limited: int | None = None,
     ) -> httpx.Response:
         """One logical request with retries. Returns a final 2xx/4xx answer; raises BrazeAuthError on
         401/403, _GaveUp when transient failures or 429s outlast their budgets, _Aborted if told to stop."""
@@ -327,14 +328,22 @@ class BrazeClient:
                 raise self._auth_error(response, path)
             if status == 429:
                 self.stats.rate_limited += 1
-                wait = info.seconds_until_reset()
-                if wait is None or wait <= 0:
-                    wait = self._backoff(limited_attempt)
-                wait = min(wait + 0.01, self.max_reset_wait_s)
-                limiter.block_for(wait)  # every sender on this endpoint waits, not just this one
-                if limited_attempt >= self.max_rate_limited_retries:
+                budget = self.max_rate_limited_retries if max_limited is None else max_limited
+                if limited_attempt >= budget:
                     raise _GaveUp(f"rate limited (429) {limited_attempt + 1} times: {self._message(response)}")
-                log.warning("Braze answered 429 on %s; waiting %.2f s for the rate-limit reset", path, wait)
+                wait = info.seconds_until_reset()
+                if info.remaining is not None and info.remaining > 0:
+                    # Budget left, yet 429: a concurrency refusal (e.g. this segment's export is still
+                    # running), not a spent window. Back off on our own; don't stall every sender.
+                    wait = self._backoff(limited_attempt + 2)
+                elif wait is None or wait <= 0:
+                    wait = self._backoff(limited_attempt)
+                    limiter.block_for(wait)
+                else:
+                    wait = min(wait + 0.01, self.max_reset_wait_s)
+                    limiter.block_for(wait)  # every sender on this endpoint waits, not just this one
+                log.warning("Braze answered 429 on %s; waiting %.2f s before trying again", path, wait)
+                await asyncio.sleep(0 if limiter.blocked_for() >= wait else wait)
                 limited_attempt += 1
                 continue
             if status >= 500:
@@ -504,7 +513,10 @@ class BrazeClient:
     ) -> Any:
         content = None if body is None else json.dumps(body).encode()
         try:
-            response = await self._send(http, method, path, content=content, params=params, limiter=self._other_limiter)
+            # Few 429 retries here: a refusal of these endpoints is better reported than waited out.
+            response = await self._send(
+                http, method, path, content=content, params=params, limiter=self._other_limiter, max_limited=3
+            )
         except _GaveUp as exc:
             raise BrazeError(f"{path} on {self.endpoint} failed: {exc}") from None
         if not 200 <= response.status_code < 300:

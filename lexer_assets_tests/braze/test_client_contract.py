@@ -363,3 +363,16 @@ def test_unserialisable_object_is_rejected_not_raised(emulator: Emulator) -> Non
     results = client(emulator).send_attributes([{"external_id": "u1", "when": object()}, add("u2", "V")])
     assert [r.status for r in results] == ["rejected", "done"]
     assert isinstance(results[0], ObjectResult) and "JSON" in (results[0].reason or "")
+
+
+def test_export_while_one_runs_is_reported_not_waited_out(emulator: Emulator) -> None:
+    emulator.configure(export_delay_s=1.0)
+    c = client(emulator)
+    c.export_segment(SEGMENT_ID, ["external_id"])
+    started = time.monotonic()
+    with pytest.raises(BrazeError, match="already running"):
+        c.export_segment(SEGMENT_ID, ["external_id"])
+    # 429 with budget left is a refusal, not a spent window: short backoff, not the hourly reset
+    assert time.monotonic() - started < 5
+    assert [e["status"] for e in emulator.requests("/users/export/segment")] == [201, 429, 429, 429, 429]
+    time.sleep(1.2)  # let the running export finish before the next test
