@@ -5,10 +5,13 @@ Side by side in the same run, each step in its own child process (so peak RSS is
 * ``floor``: the bare aggregate SQL computing only the commerce columns (orders, units, revenue, first/last
   order date, 90-day orders, 365-day revenue) straight from ``commerce.orders`` into a table: the least any
   profile build has to do.
+* ``commerce``: the commerce columns only, but for the profile table's rows: orders attached to Braze users
+  (external_id, else email), aggregated, one row per Braze user. Shown for context (not the goal's floor).
 * ``profiles``: ``build_profiles`` (attribution by id then email, commerce, RFM, lifecycle, CLV fit and
   prediction, Braze JSON engagement, demographics) into ``lexer.customer_profiles``.
 
-Goal (issue 5): profiles <= 3x floor and < 60 s wall; peak RSS < 4 GB.
+Goal (issue 5): profiles <= 3x floor and < 60 s wall; peak RSS < 4 GB. CPU seconds are reported next to
+wall seconds because other processes sharing the cores inflate wall time unevenly between steps.
 
     .venv/bin/python -m benchmarks.profiles_build [--customers 1000000] [--orders 10000000] [--workdir DIR]
 
@@ -45,6 +48,23 @@ SELECT customer_id,
          AS revenue_last_365_days
 FROM commerce.orders WHERE order_date <= DATE '{AS_OF}'
 GROUP BY customer_id
+"""
+
+
+COMMERCE_SQL = f"""
+CREATE OR REPLACE TABLE bench_commerce AS
+WITH attributed AS (
+  SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, o.* EXCLUDE (customer_id)
+  FROM commerce.orders o
+  LEFT JOIN (SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL) x
+    ON x.external_id = o.customer_id
+  LEFT JOIN (SELECT email_normalized, min(customer_id) AS customer_id FROM braze.users
+             WHERE email_normalized IS NOT NULL GROUP BY ALL) e ON e.email_normalized = o.email
+  WHERE o.order_date <= DATE '{AS_OF}'
+),
+agg AS ({FLOOR_SQL.split("AS", 1)[1].replace("FROM commerce.orders WHERE order_date <= DATE '" + str(AS_OF) + "'",
+                                           "FROM attributed")})
+SELECT u.customer_id, agg.* EXCLUDE (customer_id) FROM braze.users u LEFT JOIN agg USING (customer_id)
 """
 
 
@@ -117,6 +137,8 @@ def _child(step: str, db: str) -> None:
     detail: object = None
     if step == "floor":
         conn.execute(FLOOR_SQL)
+    elif step == "commerce":
+        conn.execute(COMMERCE_SQL)
     else:
         detail = build_profiles(conn, as_of=AS_OF).__dict__
     conn.execute("COMMIT")
@@ -150,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each step; the best wall time is kept")
-    parser.add_argument("--child", choices=["floor", "profiles"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["floor", "commerce", "profiles"], help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -167,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     results: dict[str, dict[str, object]] = {}
     for _ in range(args.repeat):
-        for step in ("floor", "profiles"):
+        for step in ("floor", "commerce", "profiles"):
             r = _run_step(step, db)
             best = results.get(step)
             if best is None or r["wall_s"] < best["wall_s"]:  # type: ignore[operator]
@@ -179,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cores: {os.cpu_count()}  customers: {args.customers:,}  order lines: {args.orders:,}")
     print(f"load average before the run: {load[0]:.2f} (other processes share the cores: compare CPU s too)")
     print(f"{'step':<10} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}")
-    for name, r in (("floor", floor), ("profiles", prof)):
+    for name, r in (("floor", floor), ("commerce", results["commerce"]), ("profiles", prof)):
         print(f"{name:<10} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
     cpu_ratio = prof["cpu_s"] / floor["cpu_s"]  # type: ignore[operator]
     print(f"ratio profiles/floor: wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x (goal <= 3x)")
     print(f"profiles detail: {prof['detail']}")
-    ok = ratio <= 3 and prof["wall_s"] < 60 and max(floor["peak_rss_mb"], prof["peak_rss_mb"]) < 4096  # type: ignore[operator]
-    print("GOAL MET" if ok else "GOAL NOT MET")
+    # Wall time swings with whatever else runs on the machine; CPU seconds much less, so both must pass.
+    ok = (ratio <= 3 and cpu_ratio <= 3 and prof["wall_s"] < 60  # type: ignore[operator]
+          and max(floor["peak_rss_mb"], prof["peak_rss_mb"]) < 4096)  # type: ignore[operator]
+    print("GOAL MET" if ok else "GOAL NOT MET (wall and CPU ratio <= 3x, wall < 60 s, peak RSS < 4 GB)")
     return 0 if ok else 1
 
 
