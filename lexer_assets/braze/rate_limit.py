@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import httpx
+
 
 class SlidingWindowLimiter:
     """At most ``requests`` reservations in any interval of ``window_s`` seconds (monotonic clock).
@@ -100,7 +102,8 @@ def _number(value: str | None) -> float | None:
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitInfo:
     """Read ``X-RateLimit-Limit/Remaining/Reset`` in any letter case (HTTP/2 sends them lower-case)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
+    # httpx.Headers already looks names up case-insensitively; only plain mappings need lowering.
+    lowered = headers if isinstance(headers, httpx.Headers) else {k.lower(): v for k, v in headers.items()}
     limit = _number(lowered.get("x-ratelimit-limit"))
     remaining = _number(lowered.get("x-ratelimit-remaining"))
     reset = _number(lowered.get("x-ratelimit-reset"))
