@@ -192,6 +192,16 @@ def _prune_cache(folder: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def _drop_temp(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop the temp table or view ``name`` (a day may have left either)."""
+    kinds = conn.execute(
+        "SELECT 'TABLE' FROM duckdb_tables() WHERE database_name = 'temp' AND table_name = $n "
+        "UNION ALL SELECT 'VIEW' FROM duckdb_views() WHERE database_name = 'temp' AND view_name = $n",
+        {"n": name}).fetchall()
+    for (kind,) in kinds:
+        conn.execute(f"DROP {kind} temp.main.{name}")
+
+
 def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: LifecycleThresholds, *,
                 source: DaySource | None = None, cache_dir: Path | None = None, fingerprint: str | None = None,
                 with_orders: bool = True) -> str:
@@ -205,7 +215,8 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: Lif
     stored_as_of = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0]
     how = "built"
     if stored_as_of == as_of and catalog is None:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW {PROFILES_REL} AS SELECT * FROM lexer.customer_profiles")
+        _drop_temp(conn, PROFILES_REL)
+        conn.execute(f"CREATE TEMP VIEW {PROFILES_REL} AS SELECT * FROM lexer.customer_profiles")
         how = "stored"
     else:
         cached: Path | None = None
@@ -213,8 +224,7 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: Lif
             prefix = source.choice.object_prefix if source else loaded_export(conn)
             cached = (cache_dir / "profiles-asof" /
                       f"{as_of.isoformat()}-{_safe(f'{prefix}|{fingerprint}')}.parquet")
-        conn.execute(f"DROP VIEW IF EXISTS {PROFILES_REL}")
-        conn.execute(f"DROP TABLE IF EXISTS {PROFILES_REL}")
+        _drop_temp(conn, PROFILES_REL)
         if cached is not None and cached.exists():
             conn.execute(f"CREATE TEMP VIEW {PROFILES_REL} AS SELECT * FROM read_parquet({_sql_path(cached)})")
             how = "cache"

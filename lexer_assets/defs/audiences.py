@@ -13,6 +13,7 @@ from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, table_definition_metadata
 from lexer_assets.defs.profiles import customer_profiles
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
+from lexer_assets.settings import Settings
 from lexer_assets.storage.catalog import AUDIENCE_HISTORY, AUDIENCE_MEMBERSHIP
 
 AUDIENCE_TABLES = (AUDIENCE_MEMBERSHIP.name, AUDIENCE_HISTORY.name)
@@ -76,7 +77,7 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
         except AudienceError as exc:
             raise dg.Failure(description=f"audience {audience.name!r} was not computed: {exc}") from None
         wh.publish(AUDIENCE_TABLES)
-        for s in stats:
+        for s in stats[-10:]:  # a long backfill: the last days are enough in the log, all are in metadata
             context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size} members (+{s.entered} / "
                              f"-{s.exited}); export {s.object_prefix or 'none'} ({s.export_note}); "
                              f"profiles {s.profiles_source}")
@@ -96,3 +97,27 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
                                           metadata=snapshot_metadata(s))
 
     return _audience
+
+
+def backfill_audiences(settings: Settings, first: dt.date, last: dt.date, names: Sequence[str] = (), *,
+                       instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    """Materialise audience partitions ``first``..``last`` (inclusive) in one run, as a UI backfill does.
+
+    ``names``: audience names or slugs (default: every audience). The profiles, orders and exports must
+    already be loaded; each day's profiles are recomputed as of that day. Returns the run's result.
+    """
+    from lexer_assets.audiences.spec import find_audience, load_audiences
+    from lexer_assets.definitions import build_definitions
+
+    if last < first:
+        raise ValueError(f"the range ends ({last}) before it starts ({first})")
+    audiences = load_audiences(settings.audiences_file)
+    chosen = [find_audience(audiences, n) for n in names] if names else audiences
+    defs = build_definitions(settings)
+    job = dg.define_asset_job("audiences_backfill", selection=dg.AssetSelection.assets(
+        *[audience_key(a) for a in chosen]))
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    return merged.resolve_job_def("audiences_backfill").execute_in_process(
+        instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": first.isoformat(),
+              "dagster/asset_partition_range_end": last.isoformat()})

@@ -33,13 +33,13 @@ def customer_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     """
     as_of = pipeline.today()
     wh = warehouse.get()
-    with wh.transaction() as conn:
+    with wh.transaction(tables=[CUSTOMER_PROFILES.name]) as conn:
         stats = build_profiles(conn, as_of=as_of, thresholds=pipeline.thresholds())
         by_stage = dict(conn.sql("SELECT lifecycle_stage, count(*) FROM lexer.customer_profiles "
                                  "GROUP BY ALL ORDER BY ALL").fetchall())
         preview = preview_markdown(conn, "SELECT customer_id, orders, revenue, rfm_segment, lifecycle_stage, "
                                          "predicted_clv FROM lexer.customer_profiles ORDER BY revenue DESC")
-    wh.publish()
+    wh.publish([CUSTOMER_PROFILES.name])  # only this table is copied into the analysts' store
     return dg.MaterializeResult(metadata={
         "dagster/row_count": dg.MetadataValue.int(stats.customers),
         "as_of_date": as_of.isoformat(),
