@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -64,7 +63,6 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lexer_assets.braze.export_files import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -290,7 +288,7 @@ WITH parsed AS (
     -- One parse per line: try() turns malformed JSON into NULL; the rare NULLs are classified below.
     CASE WHEN flag IS NULL AND line_bytes <= {int(max_line_bytes)} THEN try(json_transform(line, {schema})) END
       AS u
-  FROM _braze_batch
+  FROM _braze_lines
 ), classified AS (
   SELECT * EXCLUDE (flag, line_bytes),
     CASE
@@ -355,68 +353,50 @@ def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, objec
     """Replace ``braze.users`` with the export in ``files`` and record its bad lines (see the module doc).
 
     ``files`` are export files in the order they should be read (later wins ties between duplicates).
-    ``work_dir`` holds scratch files (rejected lines spill there as Parquet; removed afterwards); a temporary
-    folder is used when it is None. Does not begin or commit a transaction.
+    ``work_dir`` is accepted for callers that provide scratch space; lines stream from the files into DuckDB
+    without scratch files, so nothing is written there. Does not begin or commit a transaction.
     """
     files = [Path(f) for f in files]
     labels = _file_labels(files)
-    user_cols = [c for c in BRAZE_USERS.column_names if c != "object_prefix"]
-    stage_sql = _stage_sql(max_line_bytes)
     prefix = _sql_string(object_prefix)
     counts = {"members": 0}
     member_order: dict[str, int] = {}
+    failure: list[BaseException] = []
+
+    def line_batches() -> Iterator[pa.RecordBatch]:
+        try:
+            batches = _iter_line_batches(files, labels, max_line_bytes=max_line_bytes,
+                                         max_member_bytes=max_member_bytes, max_ratio=max_ratio,
+                                         counts=counts, member_order=member_order)
+            for table in _prefetch(batches):
+                yield from table.to_batches()
+        except BaseException as exc:  # re-raised as itself below, not as DuckDB's wrapper of it
+            failure.append(exc)
+            raise
 
     conn.execute("DELETE FROM braze.users")
     conn.execute("DELETE FROM braze.export_rejects WHERE object_prefix = ?", [object_prefix])
-    # Lines are parsed on a second connection to the same database (it reads only the registered batch), so
-    # the caller's connection can run ONE streaming INSERT: DuckDB then writes full row groups to disk as it
-    # goes, where many small INSERTs in one transaction would keep everything in memory until commit.
-    parser = conn.cursor()
-    with tempfile.TemporaryDirectory(prefix="braze-load-", dir=_scratch_parent(work_dir)) as scratch:
-        rejects = _RejectSpool(Path(scratch) / "rejects.parquet")
-        failure: list[BaseException] = []
-        good_schema = _staged_schema(parser, stage_sql).select(user_cols).schema
-
-        def staged_batches() -> Iterator[pa.RecordBatch]:
-            try:
-                batches = _iter_line_batches(files, labels, max_line_bytes=max_line_bytes,
-                                             max_member_bytes=max_member_bytes, max_ratio=max_ratio,
-                                             counts=counts, member_order=member_order)
-                for batch in _prefetch(batches):
-                    parser.register("_braze_batch", batch)
-                    try:
-                        staged = parser.sql(stage_sql).to_arrow_table()
-                    finally:
-                        parser.unregister("_braze_batch")
-                    reason = staged.column("reason")
-                    bad = staged.filter(pc.and_(pc.is_valid(reason), pc.not_equal(reason, _BLANK)))
-                    if bad.num_rows:
-                        rejects.write(bad.select(["export_file", "export_line", "reason", "raw_line"]))
-                    # One record batch per staged batch: every pull from the stream costs a round trip.
-                    yield from staged.filter(pc.is_null(reason)).select(user_cols).combine_chunks().to_batches()
-            except BaseException as exc:  # re-raised as itself below, not as DuckDB's wrapper of it
-                failure.append(exc)
-                raise
-
-        try:
-            stream = pa.RecordBatchReader.from_batches(good_schema, staged_batches())
-            conn.register("_braze_stream", stream)
-            try:
-                conn.execute(f"INSERT INTO braze.users ({', '.join(user_cols)}, object_prefix) "
-                             f"SELECT *, {prefix} FROM _braze_stream")
-            except Exception:
-                if failure:
-                    raise failure[0] from None
-                raise
-            finally:
-                with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses even this
-                    conn.unregister("_braze_stream")
-        finally:
-            parser.close()
-        if rejects.close():
-            conn.execute("INSERT INTO braze.export_rejects (object_prefix, export_file, export_line, reason, "
-                         f"raw_line) SELECT {prefix}, export_file, export_line, reason, raw_line "
-                         f"FROM read_parquet({_sql_string(str(rejects.path))})")
+    # ONE streaming INSERT parses every line (DuckDB's threads pull batches in parallel and write full row
+    # groups to disk as they go; many small INSERTs in one transaction would hold everything in memory until
+    # commit). Rejected lines travel in the same stream as rows with a NULL customer_id, carrying their
+    # reason and text, and are moved to braze.export_rejects right after: no valid user has a NULL
+    # customer_id, and the caller's transaction never shows the interim state.
+    stream = pa.RecordBatchReader.from_batches(_BATCH_SCHEMA, line_batches())
+    conn.register("_braze_lines", stream)
+    try:
+        conn.execute(_insert_sql(max_line_bytes, prefix))
+    except Exception:
+        if failure:
+            raise failure[0] from None
+        raise
+    finally:
+        with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses even this
+            conn.unregister("_braze_lines")
+    conn.execute(
+        "INSERT INTO braze.export_rejects (object_prefix, export_file, export_line, reason, raw_line) "
+        f"SELECT {prefix}, export_file, export_line, {_REJECT_REASON_COLUMN}, {_REJECT_TEXT_COLUMN} "
+        "FROM braze.users WHERE customer_id IS NULL")
+    conn.execute("DELETE FROM braze.users WHERE customer_id IS NULL")
     duplicates = _collapse_duplicates(conn, member_order)
     loaded = conn.execute("SELECT count(*) FROM braze.users").fetchone()[0]
     by_reason = dict(conn.execute(
@@ -428,39 +408,27 @@ def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, objec
                       members=counts["members"])
 
 
-def _scratch_parent(work_dir: Path | None) -> Path | None:
-    if work_dir is None:
-        return None
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    return Path(work_dir)
+# A rejected line rides through braze.users with its reason and text in these two columns (see load_export).
+_REJECT_REASON_COLUMN = "last_name"
+_REJECT_TEXT_COLUMN = "first_name"
 
 
-def _staged_schema(parser: duckdb.DuckDBPyConnection, stage_sql: str) -> pa.Table:
-    parser.register("_braze_batch", pa.Table.from_batches([], schema=_BATCH_SCHEMA))
-    try:
-        return parser.sql(stage_sql).to_arrow_table()
-    finally:
-        parser.unregister("_braze_batch")
-
-
-class _RejectSpool:
-    """Rejected lines written to a Parquet file as they are found, so a bad export cannot fill memory."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: pq.ParquetWriter | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-        self._writer.write_table(table)
-
-    def close(self) -> bool:
-        """Finish the file; whether anything was written."""
-        if self._writer is None:
-            return False
-        self._writer.close()
-        return True
+def _insert_sql(max_line_bytes: int, prefix: str) -> str:
+    user_cols = [c for c in BRAZE_USERS.column_names if c != "object_prefix"]
+    select = []
+    for col in user_cols:
+        if col == "customer_id":
+            select.append("CASE WHEN reason IS NULL THEN customer_id END")
+        elif col == _REJECT_REASON_COLUMN:
+            select.append(f"CASE WHEN reason IS NULL THEN {col} ELSE reason END")
+        elif col == _REJECT_TEXT_COLUMN:
+            select.append(f"CASE WHEN reason IS NULL THEN {col} ELSE raw_line END")
+        else:
+            select.append(col)
+    return (f"INSERT INTO braze.users ({', '.join(user_cols)}, object_prefix)\n"
+            f"SELECT {', '.join(select)}, {prefix}\n"
+            f"FROM ({_stage_sql(max_line_bytes)}) AS staged\n"
+            f"WHERE reason IS DISTINCT FROM '{_BLANK}'")
 
 
 def _collapse_duplicates(conn: duckdb.DuckDBPyConnection, member_order: dict[str, int]) -> int:
