@@ -1,0 +1,113 @@
+"""Publishing the analysts' store: full and incremental copies, unpublished writes, views, DuckDB 1.x readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from lexer_assets.storage.warehouse import Warehouse
+
+# A Python with duckdb 1.x (e.g. `python3 -m venv /tmp/oldduck && /tmp/oldduck/bin/pip install 'duckdb==1.5.*'`).
+OLD_DUCKDB_PYTHON = os.environ.get("LEXER_OLD_DUCKDB_PYTHON", "/tmp/oldduck/bin/python")
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    conn = duckdb.connect()  # a new instance: sees the file as it is now
+    try:
+        conn.execute(f"ATTACH '{path}' AS s (READ_ONLY)")
+        conn.execute("USE s")
+        return conn.sql(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> Warehouse:
+    w = Warehouse(tmp_path / "warehouse" / "hub.duckdb", tmp_path / "store" / "profile_store.duckdb")
+    with w.transaction() as conn:
+        conn.execute("INSERT INTO commerce.orders (order_id, customer_id, order_date, units, amount) "
+                     "VALUES ('o1', 'c1', DATE '2026-01-01', 1, 10)")
+        conn.execute("INSERT INTO lexer.audience_history (audience_slug, audience_name, snapshot_date, size) "
+                     "VALUES ('vip', 'VIP', DATE '2026-01-01', 1)")
+        conn.execute("CREATE VIEW lexer.sizes AS SELECT audience_slug, size FROM lexer.audience_history")
+    w.publish()
+    assert w.last_publish == "full"
+    return w
+
+
+def test_incremental_publish_replaces_only_the_named_tables(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    with wh.transaction(tables=["lexer.audience_history"]) as conn:
+        conn.execute("UPDATE lexer.audience_history SET size = 5")
+    with wh.connect() as conn:  # an unnamed write that is not published (orders keep their published copy)
+        conn.execute("INSERT INTO commerce.orders (order_id, customer_id, order_date, units, amount) "
+                     "VALUES ('o2', 'c1', DATE '2026-01-02', 1, 10)")
+    wh.publish(["lexer.audience_history"])
+    assert wh.last_publish == "tables"
+    store = wh.published_path
+    assert _rows(store, "SELECT size FROM lexer.audience_history") == [(5,)]
+    assert _rows(store, "SELECT size FROM lexer.sizes") == [(5,)]  # views still there, reading the new table
+    assert _rows(store, "SELECT count(*) FROM commerce.orders") == [(1,)]
+    wh.publish()
+    assert _rows(store, "SELECT count(*) FROM commerce.orders") == [(2,)]
+
+
+def test_a_write_never_published_is_copied_by_the_next_publish(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    with wh.transaction(tables=["commerce.orders"]) as conn:
+        conn.execute("DELETE FROM commerce.orders")
+    # the run dies here, before its publish; a later run writes and publishes another table
+    with wh.transaction(tables=["lexer.audience_history"]) as conn:
+        conn.execute("UPDATE lexer.audience_history SET size = 7")
+    wh.publish(["lexer.audience_history"])
+    assert wh.last_publish == "tables"
+    assert _rows(wh.published_path, "SELECT count(*) FROM commerce.orders") == [(0,)]
+    assert _rows(wh.published_path, "SELECT size FROM lexer.audience_history") == [(7,)]
+
+
+def test_an_undeclared_transaction_makes_the_next_publish_full(wh: Warehouse) -> None:
+    with wh.transaction() as conn:
+        conn.execute("DELETE FROM commerce.orders")
+    wh.publish(["lexer.audience_history"])
+    assert wh.last_publish == "full"
+    assert wh.published_path is not None
+    assert _rows(wh.published_path, "SELECT count(*) FROM commerce.orders") == [(0,)]
+
+
+def test_publish_leaves_no_temporary_files_and_a_held_reader_keeps_its_file(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    reader = duckdb.connect(str(wh.published_path), read_only=True)
+    try:
+        with wh.transaction(tables=["lexer.audience_history"]) as conn:
+            conn.execute("UPDATE lexer.audience_history SET size = 9")
+        wh.publish(["lexer.audience_history"])
+        assert reader.sql("SELECT size FROM lexer.audience_history").fetchall() == [(1,)]
+    finally:
+        reader.close()
+    assert _rows(wh.published_path, "SELECT size FROM lexer.audience_history") == [(9,)]
+    leftovers = [p.name for p in wh.published_path.parent.iterdir() if p.name != wh.published_path.name]
+    assert leftovers == []
+
+
+@pytest.mark.skipif(not (shutil.which(OLD_DUCKDB_PYTHON) or Path(OLD_DUCKDB_PYTHON).exists()),
+                    reason="no Python with duckdb 1.x (set LEXER_OLD_DUCKDB_PYTHON)")
+def test_the_published_store_opens_in_duckdb_1(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    with wh.transaction(tables=["lexer.audience_history"]) as conn:
+        conn.execute("UPDATE lexer.audience_history SET size = 3")
+    wh.publish(["lexer.audience_history"])  # the incremental path must keep the old storage version too
+    script = ("import duckdb, json, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+              "print(json.dumps([duckdb.__version__, c.sql('SELECT size FROM lexer.sizes').fetchall(), "
+              "c.sql('SELECT count(*) FROM commerce.orders').fetchall()]))")
+    out = subprocess.run([OLD_DUCKDB_PYTHON, "-c", script, str(wh.published_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    version, sizes, orders = json.loads(out.stdout)
+    assert version.startswith("1.")
+    assert sizes == [[3]] and orders == [[1]]
