@@ -8,6 +8,7 @@ headless Chromium, which must show every asset. The screenshot is kept in `test-
 Needs Debian's `chromium` (`apt-get install -y chromium`; `.ci/run` installs it); skips without it.
 """
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -69,15 +70,11 @@ class DagsterDev:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
         # the webserver, daemon and code servers are in the same group; nothing of it may outlive the test
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
         self._log_file.close()
 
@@ -149,11 +146,11 @@ query($path: [String!]!, $partitions: [String!]) {
   }
 }"""
 SENSORS = """
-query {
-  sensorsOrError(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: "%s"}) {
+query($location: String!) {
+  sensorsOrError(repositorySelector: {repositoryName: "__repository__", repositoryLocationName: $location}) {
     ... on Sensors { results { name sensorState { status } } }
   }
-}""" % LOCATION
+}"""
 
 
 def test_dagster_ui_materialises_backfills_and_shows_the_graph(dagster_dev: tuple[DagsterDev, Path]) -> None:
@@ -165,7 +162,8 @@ def test_dagster_ui_materialises_backfills_and_shows_the_graph(dagster_dev: tupl
     _wait("the code location to load", lambda: _location_loaded(client), 60)
 
     # automation is on when the code location loads
-    sensors = {s["name"]: s["sensorState"]["status"] for s in client._execute(SENSORS)["sensorsOrError"]["results"]}
+    answer = client._execute(SENSORS, {"location": LOCATION})["sensorsOrError"]["results"]
+    sensors = {s["name"]: s["sensorState"]["status"] for s in answer}
     assert sensors["lexer_automation"] == "RUNNING", sensors
     assert sensors["braze_export_landing_sensor"] == "RUNNING", sensors
 

@@ -43,6 +43,8 @@ EXPORT_SCHEDULE = "braze_export_schedule"
 LANDING_SENSOR = "braze_export_landing_sensor"
 ORDERS_SENSOR = "commerce_orders_sensor"
 AUTOMATION_SENSOR = "lexer_automation"
+# Dagster tags every run the automation sensor launches with this (dagster._core.storage.tags).
+AUTOMATION_RUN_TAG = "dagster/from_automation_condition"
 # Exports launched, remembered so a re-listed old export is never launched twice (run keys also guard this).
 _REMEMBERED_EXPORTS = 20
 
@@ -54,18 +56,21 @@ def chain_condition() -> dg.AutomationCondition:
 
     Like ``AutomationCondition.eager()`` (latest time partition only, never while a dependency is missing or in
     progress, never while itself in progress) with two differences:
-    - the memory of "an upstream updated" is cleared only by this asset being *requested*, not by it being
-      updated: an export landing while the chain is still running is picked up once that run ends, instead of
-      being forgotten when the running materialisation completes;
+    - the memory of "an upstream updated" is cleared when automation *requests* the asset or when another run
+      (a manual one, a backfill) materialises it, but not when automation's own run completes: an export
+      landing while the chain is still running is picked up once that run ends instead of being forgotten;
     - every upstream's blocking checks must have passed (or be requested in the same tick, where the run stops
       the child if they fail).
     """
     ac = dg.AutomationCondition
+    updated_by_another_run = (
+        ac.newly_updated() & ~ac.executed_with_tags(tag_keys={AUTOMATION_RUN_TAG})
+    ).with_label("updated_by_another_run")
     return (
         ac.in_latest_time_window()
         & (ac.newly_missing() | ac.any_deps_updated())
-        .since(ac.newly_requested() | ac.initial_evaluation())
-        .with_label("upstream_updated_since_requested")
+        .since(ac.newly_requested() | updated_by_another_run | ac.initial_evaluation())
+        .with_label("upstream_updated_since_handled")
         & ~ac.any_deps_missing()
         & ~ac.any_deps_in_progress()
         & ~ac.in_progress()

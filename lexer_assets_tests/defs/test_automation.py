@@ -17,6 +17,7 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from lexer_assets.audiences.spec import load_audiences
 from lexer_assets.definitions import build_definitions
+from lexer_assets.defs.automation import AUTOMATION_RUN_TAG
 from lexer_assets_tests.conftest import local_settings
 
 USERS = "braze/users"
@@ -55,12 +56,14 @@ class Simulation:
         for key in keys:
             self.instance.report_runless_asset_event(dg.AssetMaterialization(_key(key), partition=partition))
 
-    def start_run(self, requested: Iterable[tuple[str, str | None]]) -> DagsterRun:
-        """What the daemon does with a request: a run whose materialisations are planned (in progress)."""
+    def start_run(self, requested: Iterable[tuple[str, str | None]], automated: bool = True) -> DagsterRun:
+        """A run whose materialisations are planned (in progress): the daemon's (automated) or a person's."""
         requested = set(requested)
         partitions = {p for _, p in requested if p}
         assert len(partitions) <= 1, "one run per partition"
         tags = {"dagster/partition": partitions.pop()} if partitions else {}
+        if automated:
+            tags[AUTOMATION_RUN_TAG] = "true"
         return self.instance.create_run_for_job(
             job_def=self.job, asset_selection={_key(k) for k, _ in requested}, tags=tags,
             status=DagsterRunStatus.STARTED)
@@ -78,8 +81,9 @@ class Simulation:
                             dg.AssetCheckEvaluation(key, check_key.name, passed=name not in failed))
         self._event(run, DagsterEventType.RUN_SUCCESS, None)
 
-    def run_to_completion(self, requested: set[tuple[str, str | None]], **kwargs: Iterable[str]) -> None:
-        self.finish_run(self.start_run(requested), **kwargs)
+    def run_to_completion(self, requested: set[tuple[str, str | None]], *, automated: bool = True,
+                          failed_checks: Iterable[str] = ()) -> None:
+        self.finish_run(self.start_run(requested, automated), failed_checks=failed_checks)
 
     def _event(self, run: DagsterRun, kind: DagsterEventType, data: object) -> None:
         event = DagsterEvent(event_type_value=kind.value, job_name=run.job_name,
@@ -185,7 +189,7 @@ def test_a_failed_guard_on_an_audience_stops_the_sync(defs: dg.Definitions, audi
         assert sim.tick() == set()  # one audience failed its guard: nothing reaches Braze
 
     # a human looks, approves and re-materialises today's audiences; the guard passes; the sync goes
-    sim.run_to_completion(audiences_on(audience_slugs, TODAY))
+    sim.run_to_completion(audiences_on(audience_slugs, TODAY), automated=False)
     assert sim.tick() == {(SYNC, None)}
 
 
@@ -220,7 +224,7 @@ def test_missing_history_is_not_backfilled(defs: dg.Definitions, audience_slugs:
     assert audience_partitions == {TODAY}
     # and a backfill of old days (a marketer rebuilding history) does not trigger the sync
     for day in ("2026-11-01", "2026-11-02"):
-        sim.run_to_completion(audiences_on(audience_slugs, day))
+        sim.run_to_completion(audiences_on(audience_slugs, day), automated=False)
     assert sim.tick() == set()
 
 
@@ -250,3 +254,17 @@ def test_automation_is_on_when_the_code_location_loads(defs: dg.Definitions) -> 
 def test_export_cron_is_a_setting(tmp_path: Path) -> None:
     defs = build_definitions(local_settings(tmp_path, LEXER_EXPORT_CRON="30 2 * * 1-5"))
     assert next(iter(defs.schedules)).cron_schedule == "30 2 * * 1-5"
+
+
+def test_a_manual_run_of_the_whole_graph_is_not_repeated_by_automation(defs: dg.Definitions,
+                                                                     audience_slugs: list[str]) -> None:
+    """`make dev` users launch lexer_loop by hand: automation must not redo what that run just did."""
+    sim = Simulation(defs)
+    sim.tick()
+    sim.land("commerce/orders")  # the orders sensor loaded the order files before anything else existed
+    assert sim.tick() == set()
+    everything = {(k.to_user_string(), TODAY if k.path[0] == "audiences" else None)
+                  for k in sim.graph.materializable_asset_keys}
+    sim.run_to_completion(everything, automated=False)
+    for _ in range(3):
+        assert sim.tick() == set()
