@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import duckdb
@@ -100,6 +102,24 @@ class SyncReport:
     finished_at: dt.datetime | None = None
     failure_reasons: dict[str, int] = field(default_factory=dict)
     audiences: list[AudienceSyncLine] = field(default_factory=list)
+
+
+_WRITE_LOCKS: dict[str, threading.RLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _transaction(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``warehouse.transaction()``, one at a time per database file in this process.
+
+    Shards may run as threads of one process; DuckDB would let their transactions overlap and abort one on a
+    write-write conflict. Across processes DuckDB's file lock already serialises writers.
+    """
+    key = str(Path(warehouse.path).resolve())
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
+    with lock, warehouse.transaction() as conn:
+        yield conn
 
 
 def _now() -> dt.datetime:
@@ -237,7 +257,7 @@ def preview_sync(warehouse: Warehouse, *, audiences: Sequence[SyncedAudience], a
                  batch_cap: int, shard: Shard = ALL, max_failed_runs: int = 3,
                  limits: GuardLimits | None = None) -> tuple[SyncReport, GuardVerdict | None]:
     """Plan (and guard) without changing anything and without a request: what a sync would do now."""
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         report = plan_sync(conn, audiences=audiences, attribute=attribute, array_cap=array_cap,
                            batch_cap=batch_cap, run_id="preview", dry_run=True, shard=shard,
                            max_failed_runs=max_failed_runs)
@@ -285,7 +305,7 @@ def run_sync(
             if reconciled:
                 log(f"sync: reconciled {reconciled:,} customer(s) whose changes were in flight when an earlier "
                     "run stopped (read back from Braze)")
-        with warehouse.transaction() as conn:
+        with _transaction(warehouse) as conn:
             if retry_parked and not dry_run:
                 conn.execute(f"UPDATE sync.braze_sync_log SET status = 'released' WHERE attribute = ? "
                              f"AND status IN ('failed', 'rejected') AND {shard.sql()}", [attribute])
@@ -351,7 +371,7 @@ def _log_changes(conn: duckdb.DuckDBPyConnection, *, attribute: str, run_id: str
         f"WHERE status = 'pending' AND attribute = ? AND {shard.sql()}", [now, attribute])
     conn.execute(
         "INSERT INTO sync.braze_sync_log SELECT ?, customer_id, ?, op, value, NULL, 'pending', NULL, ?, NULL "
-        "FROM diff_ops", [run_id, attribute, now])
+        "FROM diff_ops ORDER BY customer_id", [run_id, attribute, now])  # in chunk order (see _mark_sending)
     conn.execute(
         "INSERT INTO sync.braze_sync_log SELECT ?, customer_id, ?, op, value, NULL, 'parked', "
         "'refused by Braze in too many runs; not retried until released', ?, ? FROM diff_excluded",
@@ -397,15 +417,16 @@ def _send(warehouse: Warehouse, sender: AttributeSender, rows: list[dict], repor
 
 
 def _mark_sending(warehouse: Warehouse, chunk: list[dict], *, attribute: str, run_id: str) -> None:
-    """Just before a chunk goes out: its changes may reach Braze from now on (see reconcile_in_flight)."""
-    ids = pa.table({"customer_id": pa.array([row["customer_id"] for row in chunk], pa.string())})
-    with warehouse.transaction() as conn:
-        conn.register("sync_chunk_ids", ids)
+    """Just before a chunk goes out: its changes may reach Braze from now on (see reconcile_in_flight).
+
+    Chunks are contiguous ranges of this run's customers (sorted), and the log is written in that order, so a
+    range predicate lets DuckDB skip every row group outside the chunk (zone maps) instead of a join.
+    """
+    with _transaction(warehouse) as conn:
         conn.execute(
             "UPDATE sync.braze_sync_log SET status = 'sending' WHERE run_id = ? AND attribute = ? "
-            "AND status = 'pending' AND customer_id IN (SELECT customer_id FROM sync_chunk_ids)",
-            [run_id, attribute])
-        conn.unregister("sync_chunk_ids")
+            "AND status = 'pending' AND customer_id BETWEEN ? AND ?",
+            [run_id, attribute, chunk[0]["customer_id"], chunk[-1]["customer_id"]])
 
 
 def _log_status(result: object, refused: bool = False) -> str:
@@ -432,7 +453,13 @@ def _record_outcomes(warehouse: Warehouse, chunk: list[dict], results: Sequence,
             setattr(report, r.status, getattr(report, r.status) + 1)
             key = f"{r.status}: {r.reason}"
             report.failure_reasons[key] = report.failure_reasons.get(key, 0) + 1
-    with warehouse.transaction() as conn:
+    # What Braze confirmed, straight from the chunk: no join against the whole log.
+    done_adds = [(row["customer_id"], v) for row, r in zip(chunk, results, strict=True) if r.status == "done"
+                 for v in row["adds"]]
+    done_removes = [(row["customer_id"], v) for row, r in zip(chunk, results, strict=True) if r.status == "done"
+                    for v in row["removes"]]
+    lo, hi = chunk[0]["customer_id"], chunk[-1]["customer_id"]
+    with _transaction(warehouse) as conn:
         conn.register("sync_outcome", outcome)
         now = _now()
         conn.execute(
@@ -441,25 +468,29 @@ def _record_outcomes(warehouse: Warehouse, chunk: list[dict], results: Sequence,
                    finished_at = CASE WHEN o.status IN ('pending', 'unconfirmed') THEN NULL ELSE ? END
             FROM sync_outcome o
             WHERE l.run_id = ? AND l.attribute = ? AND l.customer_id = o.customer_id
-              AND l.status IN ('pending', 'sending')
-            """, [now, run_id, attribute])
-        # The known state moves only for what Braze confirmed.
-        conn.execute(
-            """
-            DELETE FROM sync.braze_attribute_state AS s
-            USING sync.braze_sync_log l, sync_outcome o
-            WHERE l.run_id = ? AND l.attribute = ? AND l.op = 'remove' AND o.status = 'done'
-              AND l.customer_id = o.customer_id AND s.customer_id = l.customer_id
-              AND s.attribute = l.attribute AND s.value = l.value
-            """, [run_id, attribute])
-        conn.execute(
-            """
-            INSERT INTO sync.braze_attribute_state
-            SELECT l.customer_id, l.attribute, l.value, ?, ?
-            FROM sync.braze_sync_log l JOIN sync_outcome o USING (customer_id)
-            WHERE l.run_id = ? AND l.attribute = ? AND l.op = 'add' AND o.status = 'done'
-            """, [now, run_id, run_id, attribute])
+              AND l.customer_id BETWEEN ? AND ? AND l.status IN ('pending', 'sending')
+            """, [now, run_id, attribute, lo, hi])
         conn.unregister("sync_outcome")
+        # The known state moves only for what Braze confirmed.
+        if done_removes:
+            conn.register("sync_done_removes", _pairs(done_removes))
+            conn.execute(
+                """
+                DELETE FROM sync.braze_attribute_state AS s USING sync_done_removes d
+                WHERE s.attribute = ? AND s.customer_id = d.customer_id AND s.value = d.value
+                  AND s.customer_id BETWEEN ? AND ?
+                """, [attribute, lo, hi])
+            conn.unregister("sync_done_removes")
+        if done_adds:
+            conn.register("sync_done_adds", _pairs(done_adds))
+            conn.execute("INSERT INTO sync.braze_attribute_state SELECT customer_id, ?, value, ?, ? "
+                         "FROM sync_done_adds", [attribute, now, run_id])
+            conn.unregister("sync_done_adds")
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> pa.Table:
+    return pa.table({"customer_id": pa.array([c for c, _ in pairs], pa.string()),
+                     "value": pa.array([v for _, v in pairs], pa.string())})
 
 
 def reconcile_in_flight(warehouse: Warehouse, reader: ProfileReader, *, attribute: str, shard: Shard = ALL,
@@ -467,7 +498,7 @@ def reconcile_in_flight(warehouse: Warehouse, reader: ProfileReader, *, attribut
     """Changes an earlier run sent without recording Braze's answer: read those users back from Braze, set
     their known state to what Braze holds, mark the changes done (Braze holds the outcome) or superseded.
     Returns the number of customers reconciled."""
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         found = conn.execute(
             f"""
             SELECT DISTINCT l.customer_id, u.external_id, u.braze_id, u.alias_name, u.alias_label
@@ -484,7 +515,7 @@ def reconcile_in_flight(warehouse: Warehouse, reader: ProfileReader, *, attribut
     known_ids = [c for c, v in held.items() if v is not None]
     values = [(c, v) for c in known_ids for v in dict.fromkeys(held[c] or [])]
     now = _now()
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         conn.register("rec_ids", pa.table({"customer_id": pa.array(known_ids, pa.string())}))
         conn.register("rec_all", pa.table({"customer_id": pa.array(list(held), pa.string())}))
         conn.register("rec_values", pa.table({"customer_id": pa.array([c for c, _ in values], pa.string()),
@@ -514,7 +545,7 @@ def reconcile_in_flight(warehouse: Warehouse, reader: ProfileReader, *, attribut
 
 
 def _finish_report(warehouse: Warehouse, report: SyncReport, attribute: str) -> None:
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         per_value = dict(((v, s), n) for v, s, n in conn.execute(
             "SELECT value, status, count(*) FROM sync.braze_sync_log WHERE run_id = ? AND attribute = ?"
             " GROUP BY ALL", [report.run_id, attribute]).fetchall())
@@ -540,7 +571,7 @@ def audience_summary(report: SyncReport) -> list[dict]:
 
 def _write_report(warehouse: Warehouse, report: SyncReport, attribute: str) -> None:
     report.finished_at = _now()
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         conn.execute("DELETE FROM sync.braze_sync_reports WHERE run_id = ? AND attribute = ? AND shard = ?",
                      [report.run_id, attribute, report.shard])
         conn.execute(
@@ -555,6 +586,6 @@ def _write_report(warehouse: Warehouse, report: SyncReport, attribute: str) -> N
 
 def record_notification(warehouse: Warehouse, report: SyncReport, attribute: str, outcome: str) -> None:
     """Note on the run's report row where the confirmation went (or why it did not)."""
-    with warehouse.transaction() as conn:
+    with _transaction(warehouse) as conn:
         conn.execute("UPDATE sync.braze_sync_reports SET notified = ? WHERE run_id = ? AND attribute = ? "
                      "AND shard = ?", [outcome, report.run_id, attribute, report.shard])
