@@ -141,36 +141,77 @@ def cmd_audiences_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_audiences_preview(args: argparse.Namespace) -> int:
+    """Size and a sample of one audience as of a day, on the published store (read-only; never waits on a run)."""
     import datetime as dt
 
-    from lexer_assets.audiences.rules import compile_audience
-    from lexer_assets.audiences.snapshots import PROFILE_COLUMNS, prepare_day
-    from lexer_assets.audiences.spec import AudienceError, load_audiences
+    from lexer_assets.audiences.rules import compile_audience, describe_rules, preview
+    from lexer_assets.audiences.snapshots import ORDERS_REL, PROFILE_COLUMNS, PROFILES_REL, prepare_day, uses_orders
+    from lexer_assets.audiences.spec import AudienceError, find_audience, load_audiences
     from lexer_assets.profiles.build import LifecycleThresholds
     from lexer_assets.storage.warehouse import Warehouse
 
     settings = _settings()
-    audiences = load_audiences(settings.audiences_file)
-    chosen = [a for a in audiences if args.name in (a.name, a.slug)]
-    if not chosen:
-        print(f"no audience named {args.name!r} in {settings.audiences_file}", file=sys.stderr)
-        return 1
-    conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
-    as_of = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0] or dt.date.today()
     try:
-        prepare_day(conn, as_of, LifecycleThresholds(settings.new_customer_days, settings.active_days,
-                                                     settings.lapsing_days))
-        compiled = compile_audience(chosen[0], audiences, PROFILE_COLUMNS, as_of=as_of)
+        audiences = load_audiences(settings.audiences_file)
+        audience = find_audience(audiences, args.name)
+    except (AudienceError, KeyError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+    try:
+        conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        stored = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0]
+        as_of = dt.date.fromisoformat(args.as_of) if args.as_of else stored or settings.today()
+        compiled = compile_audience(audience, audiences, PROFILE_COLUMNS, profiles=PROFILES_REL,
+                                    orders=ORDERS_REL, as_of=as_of)
+        # A past day rebuilds profiles as of that day in this session's temp space (stored export only).
+        thresholds = LifecycleThresholds(settings.new_customer_days, settings.active_days, settings.lapsing_days)
+        prepare_day(conn, as_of, thresholds, with_orders=uses_orders(compiled))
+        result = preview(conn, compiled, sample_size=args.sample)
     except AudienceError as exc:
         print(exc, file=sys.stderr)
         return 1
-    members = conn.execute(f"SELECT count(*) FROM ({compiled.sql})", compiled.params).fetchall()[0][0]
-    sample = conn.execute(f"SELECT customer_id FROM ({compiled.sql}) ORDER BY customer_id LIMIT 10",
-                          compiled.params).fetchall()
-    print(f"{chosen[0].name}: {members:,} members as of {as_of}")
-    for (customer_id,) in sample:
+    finally:
+        conn.close()
+    print(f"{audience.name} ({audience.slug}): {result.size:,} members as of {as_of}")
+    print(f"rules: {describe_rules(audience.rules)}")
+    for customer_id in result.sample:
         print(f"  {customer_id}")
     return 0
+
+
+def cmd_audiences_backfill(args: argparse.Namespace) -> int:
+    """Recompute audience partitions over a date range in one run, recorded in the local Dagster instance."""
+    import datetime as dt
+
+    from lexer_assets.audiences.spec import AudienceError
+    from lexer_assets.defs.audiences import backfill_audiences
+    from lexer_assets.demo import local_instance
+
+    settings = _settings()
+    try:
+        first, last = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    except ValueError as exc:
+        print(f"dates must be YYYY-MM-DD: {exc}", file=sys.stderr)
+        return 2
+    if last < first or first < settings.partitions_start:
+        print(f"the range must run forwards from on or after LEXER_PARTITIONS_START ({settings.partitions_start})",
+              file=sys.stderr)
+        return 2
+    try:
+        result = backfill_audiences(settings, first, last, args.names, instance=local_instance(settings))
+    except (AudienceError, KeyError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+    for event in result.all_events:
+        if event.is_step_failure:
+            print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
+    done = sorted(e.step_key for e in result.all_events if e.is_step_success)
+    print(f"backfill {first}...{last} (run {result.run_id}): {len(done)} audience(s) computed")
+    return 0 if result.success else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,8 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--file", help="YAML file (default LEXER_AUDIENCES_FILE or data/audiences.yaml)")
     validate.set_defaults(func=cmd_audiences_validate)
     preview = audiences_sub.add_parser("preview", help="size and a sample of an audience today")
-    preview.add_argument("name")
+    preview.add_argument("name", help="audience name or slug")
+    preview.add_argument("--as-of", help="day to compute (YYYY-MM-DD; default: the stored profiles' day)")
+    preview.add_argument("--sample", type=int, default=10, help="members to list")
     preview.set_defaults(func=cmd_audiences_preview)
+    backfill = audiences_sub.add_parser("backfill", help="recompute audience days over a range in one run")
+    backfill.add_argument("start", help="first day (YYYY-MM-DD)")
+    backfill.add_argument("end", help="last day, inclusive (YYYY-MM-DD)")
+    backfill.add_argument("names", nargs="*", help="audience names or slugs (default: all)")
+    backfill.set_defaults(func=cmd_audiences_backfill)
     return parser
 
 
