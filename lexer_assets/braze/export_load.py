@@ -135,17 +135,34 @@ class _BatchBuilder:
 
     def add(self, member_seq: int, label: str, first_line: int, lines: list[bytes],
             flags: list[str | None] | None = None, line_bytes: list[int] | None = None) -> None:
-        if not lines:
-            return
-        n = len(lines)
-        raw = pa.array(lines, pa.binary())
+        """Add a few lines given as Python bytes (line ends, over-long lines)."""
+        if lines:
+            self.add_array(member_seq, label, first_line, pa.array(lines, pa.binary()), flags, line_bytes)
+
+    def add_block(self, member_seq: int, label: str, first_line: int, block: bytes | memoryview) -> int:
+        """Add every line of ``block`` (the lines before a newline, that newline cut off); how many lines.
+
+        An empty block is one blank line: nothing to load, but it counts for line numbers.
+        """
+        if not len(block):
+            return 1
+        # Split in Arrow, not Python: no Python object per line.
+        whole = pa.Array.from_buffers(pa.binary(), 1, [None, pa.array([0, len(block)], pa.int32()).buffers()[1],
+                                                      pa.py_buffer(block)])
+        lines = pc.split_pattern(whole, pattern=b"\n").flatten()
+        self.add_array(member_seq, label, first_line, lines)
+        return len(lines)
+
+    def add_array(self, member_seq: int, label: str, first_line: int, raw: pa.Array,
+                  flags: list[str | None] | None = None, line_bytes: list[int] | None = None) -> None:
+        n = len(raw)
         lengths = pa.array(line_bytes, pa.int64()) if line_bytes is not None else pc.binary_length(raw).cast(
             pa.int64())
         try:
             text = raw.cast(pa.string())  # validates UTF-8 for the whole chunk at C speed
             flag_arr = pa.array(flags, pa.string()) if flags is not None else pa.nulls(n, pa.string())
         except pa.ArrowInvalid:
-            text, flag_arr = _repair_utf8(lines, flags)
+            text, flag_arr = _repair_utf8(raw.to_pylist(), flags)
         batch = pa.RecordBatch.from_arrays(
             [pa.repeat(pa.scalar(member_seq, pa.int32()), n), pa.repeat(pa.scalar(label, pa.string()), n),
              pa.array(range(first_line, first_line + n), pa.int64()), text, lengths, flag_arr],
@@ -207,10 +224,11 @@ def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line
                     next_line += 1
                     overlong = None
                     chunk = chunk[cut + 1:]
-                parts = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
-                carry = parts.pop()
-                builder.add(member_seq, label, next_line, parts)
-                next_line += len(parts)
+                data = carry + chunk if carry else chunk
+                cut = data.rfind(b"\n")
+                if cut >= 0:
+                    next_line += builder.add_block(member_seq, label, next_line, memoryview(data)[:cut])
+                carry = data[cut + 1:]
                 if len(carry) > max_line_bytes:
                     # A line longer than the limit with no end in sight: keep its start, count the rest.
                     overlong = (_clean_prefix(carry), len(carry))
@@ -276,8 +294,6 @@ def _sql_string(value: str) -> str:
 
 
 _WS = "' ' || chr(9) || chr(10) || chr(13)"
-_TS_FORMATS = ("['%Y-%m-%d %H:%M:%S.%g UTC', '%Y-%m-%d %H:%M:%S UTC', "
-               "'%Y-%m-%dT%H:%M:%S.%gZ', '%Y-%m-%dT%H:%M:%SZ']")
 
 
 def _stage_sql(max_line_bytes: int) -> str:
@@ -307,15 +323,18 @@ WITH parsed AS (
     nullif(u.braze_id, '') AS braze_id,
     CASE
       WHEN u.user_aliases IS NULL THEN '[]'::JSON
-      WHEN json_type(u.user_aliases) = 'ARRAY' THEN u.user_aliases
+      -- json_transform wrote this JSON itself (compact), so its first character tells its type.
+      WHEN left(u.user_aliases, 1) = '[' THEN u.user_aliases
       ELSE ('[' || u.user_aliases || ']')::JSON
     END AS user_aliases
   FROM classified
 ), ids AS (
-  SELECT *,
-    nullif(user_aliases ->> '$[0].alias_name', '') AS alias_name,
-    nullif(user_aliases ->> '$[0].alias_label', '') AS alias_label
-  FROM fields
+  SELECT * EXCLUDE (first_alias),
+    nullif(first_alias[1], '') AS alias_name,
+    nullif(first_alias[2], '') AS alias_label
+  FROM (SELECT *, CASE WHEN user_aliases <> '[]'
+                       THEN json_extract_string(user_aliases, ['$[0].alias_name', '$[0].alias_label']) END
+                    AS first_alias FROM fields)
 ), judged AS (
   SELECT * REPLACE (coalesce(reason,
       CASE WHEN external_id IS NULL AND braze_id IS NULL AND (alias_name IS NULL OR alias_label IS NULL)
@@ -326,8 +345,7 @@ SELECT member_seq, export_file, export_line, reason,
   CASE WHEN reason IS NOT NULL THEN left(rtrim(line, chr(10) || chr(13)), {RAW_LINE_CHARS}) END AS raw_line,
   coalesce(external_id, 'braze:' || braze_id, 'alias:' || alias_label || ':' || alias_name) AS customer_id,
   external_id, braze_id, alias_name, alias_label, user_aliases,
-  coalesce(try_strptime(u.created_at, {_TS_FORMATS}),
-           try_cast(u.created_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC') AS created_at,
+  try_cast(u.created_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS created_at,
   u.first_name AS first_name, u.last_name AS last_name, u.email AS email,
   nullif(lower(trim(u.email)), '') AS email_normalized,
   u.phone AS phone, try_cast(u.dob AS DATE) AS dob, u.gender AS gender, u.country AS country,
