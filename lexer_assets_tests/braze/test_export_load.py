@@ -360,3 +360,26 @@ def test_work_dir_is_left_clean(conn: duckdb.DuckDBPyConnection, tmp_path: Path)
     assert (report.loaded, report.rejected) == (1, 1)
     work = tmp_path / "work"
     assert not work.exists() or list(work.iterdir()) == []
+
+
+def test_blank_lines_count_for_numbering_and_line_limit_is_inclusive(conn: duckdb.DuckDBPyConnection,
+                                                                     tmp_path: Path) -> None:
+    exact = b'{"external_id": "exact", "p": "' + b"q" * 50 + b'"}'
+    over = b'{"external_id": "over!", "p": "' + b"q" * 51 + b'"}'
+    content = b"\n\n" + b'{"external_id": "three"}' + b"\n\n\n" + exact + b"\n" + over + b"\n\n"
+    report = load(conn, [write_gz(tmp_path / "b.gz", content)], tmp_path, max_line_bytes=len(exact))
+    assert rows(conn, "SELECT customer_id, export_line FROM braze.users ORDER BY 2") == [("three", 3), ("exact", 6)]
+    assert rows(conn, "SELECT export_line, reason FROM braze.export_rejects") == [(7, REJECT_TOO_LONG)]
+    assert (report.lines, report.loaded, report.rejected) == (3, 2, 1)
+
+
+def test_created_at_does_not_depend_on_the_session_time_zone(conn: duckdb.DuckDBPyConnection,
+                                                             tmp_path: Path) -> None:
+    conn.execute("SET TimeZone = 'Australia/Melbourne'")
+    path = write_gz(tmp_path / "t.gz", ndjson([
+        {"external_id": "utc", "created_at": "2021-03-04 09:12:45.118 UTC"},
+        {"external_id": "z", "created_at": "2024-11-30T22:01:09.000Z"},
+        {"external_id": "bad", "created_at": "yesterday"}]))
+    load(conn, [path], tmp_path)
+    assert rows(conn, "SELECT customer_id, created_at FROM braze.users ORDER BY 1") == [
+        ("bad", None), ("utc", dt.datetime(2021, 3, 4, 9, 12, 45, 118000)), ("z", dt.datetime(2024, 11, 30, 22, 1, 9))]
