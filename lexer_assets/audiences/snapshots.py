@@ -28,7 +28,7 @@ import datetime as dt
 import hashlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +203,8 @@ def _drop_temp(conn: duckdb.DuckDBPyConnection, name: str) -> None:
 
 
 def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: LifecycleThresholds, *,
-                source: DaySource | None = None, cache_dir: Path | None = None, fingerprint: str | None = None,
-                with_orders: bool = True) -> str:
+                source: DaySource | None = None, cache_dir: Path | None = None,
+                fingerprint: str | Callable[[], str] | None = None, with_orders: bool = True) -> str:
     """Create ``profiles_asof`` (and ``orders_asof`` when ``with_orders``) as of the day in this connection.
 
     Returns where the profiles came from: ``stored`` (the table is already as of the day and from this
@@ -221,6 +221,8 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: Lif
     else:
         cached: Path | None = None
         if cache_dir is not None and fingerprint is not None:
+            if callable(fingerprint):  # computed only when a day is actually built or read from the cache
+                fingerprint = fingerprint()
             prefix = source.choice.object_prefix if source else loaded_export(conn)
             cached = (cache_dir / "profiles-asof" /
                       f"{as_of.isoformat()}-{_safe(f'{prefix}|{fingerprint}')}.parquet")
@@ -326,7 +328,13 @@ def materialize_days(conn: duckdb.DuckDBPyConnection, audience: Audience, audien
     need_orders = uses_orders(compiled)
     days = sorted(set(days))
     plan = [(day, export_for_day(conn, day)) for day in days]
-    fingerprint = inputs_fingerprint(conn, thresholds) if cache_dir is not None else None
+    computed: list[str] = []
+
+    def fingerprint() -> str:
+        if not computed:
+            computed.append(inputs_fingerprint(conn, thresholds))
+        return computed[0]
+
     results: list[SnapshotStats] = []
     for choice, group in itertools.groupby(plan, key=lambda item: item[1]):
         source = attach_export(conn, choice, home=home, cache_dir=cache_dir or home / "cache")
@@ -335,7 +343,8 @@ def materialize_days(conn: duckdb.DuckDBPyConnection, audience: Audience, audien
             try:
                 for day, _ in group:
                     how = prepare_day(conn, day, thresholds, source=source, cache_dir=cache_dir,
-                                      fingerprint=fingerprint, with_orders=need_orders)
+                                      fingerprint=fingerprint if cache_dir is not None else None,
+                                      with_orders=need_orders)
                     s = store_snapshot(conn, audience, audiences, day, choice, compiled)
                     results.append(dataclasses.replace(s, profiles_source=how))
             except BaseException:
