@@ -17,6 +17,7 @@ in a small pending file beside the store and copied by the next publish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -133,8 +134,13 @@ class Warehouse:
                            and target.stat().st_size <= 2 * max(self.path.stat().st_size, 1 << 20))
             try:
                 if incremental:
-                    self._publish_tables(conn, tmp, sorted(wanted))
-                else:
+                    try:
+                        self._publish_tables(conn, tmp, sorted(wanted))
+                    except duckdb.Error:
+                        # e.g. a new view on a table the old copy lacks: a full copy is always right
+                        tmp.unlink(missing_ok=True)
+                        incremental = False
+                if not incremental:
                     self._publish_all(conn, tmp)
                 os.replace(tmp, target)
             finally:
@@ -169,6 +175,10 @@ class Warehouse:
             old_views = conn.execute(
                 "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = 'publish_target' "
                 "AND NOT internal").fetchall()
+            published = {f"{s}.{t}" for s, t in conn.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'publish_target'"
+            ).fetchall()}
+            tables = sorted(set(tables) | (existing - published))  # tables the old copy does not have yet
             conn.execute("BEGIN TRANSACTION")
             for schema, view in old_views:
                 conn.execute(f'DROP VIEW IF EXISTS publish_target."{schema}"."{view}"')
@@ -190,7 +200,8 @@ class Warehouse:
                 conn.execute(f'USE "{source}"')
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # nothing to roll back if it failed before BEGIN
+                conn.execute("ROLLBACK")
             raise
         finally:
             conn.execute("DETACH publish_target")

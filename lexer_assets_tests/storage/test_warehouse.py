@@ -58,6 +58,16 @@ def test_incremental_publish_replaces_only_the_named_tables(wh: Warehouse) -> No
     assert _rows(store, "SELECT count(*) FROM commerce.orders") == [(2,)]
 
 
+def test_a_table_new_to_the_store_is_copied_with_its_view(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    with wh.transaction(tables=["lexer.audience_history"]) as conn:
+        conn.execute("CREATE TABLE lexer.extra AS SELECT 42 AS answer")
+        conn.execute("CREATE VIEW lexer.extra_view AS SELECT answer + 1 AS next FROM lexer.extra")
+    wh.publish(["lexer.audience_history"])
+    assert wh.last_publish == "tables"  # the table missing from the old copy was added to the copy list
+    assert _rows(wh.published_path, "SELECT next FROM lexer.extra_view") == [(43,)]
+
+
 def test_a_write_never_published_is_copied_by_the_next_publish(wh: Warehouse) -> None:
     assert wh.published_path is not None
     with wh.transaction(tables=["commerce.orders"]) as conn:
