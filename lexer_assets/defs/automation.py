@@ -196,6 +196,13 @@ def _fingerprint(files: Sequence[ObjectInfo]) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
+def _is_date(folder: str) -> bool:
+    try:
+        return len(folder) == 10 and dt.date.fromisoformat(folder) is not None
+    except ValueError:
+        return False
+
+
 def _as_utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
@@ -218,7 +225,7 @@ def landing_decision(listing: Sequence[ObjectInfo], *, base_prefix: str, request
     for obj in listing:
         parts = obj.key[len(base_prefix):].split("/")
         # <YYYY-MM-dd>/<object_prefix>/<file>, newer than every export already handled
-        if (len(parts) == 3 and parts[1] == requested and parts[2]
+        if (len(parts) == 3 and parts[1] == requested and parts[2] and _is_date(parts[0])
                 and (watermark is None or _as_utc(obj.last_modified) > watermark)):
             files.append(obj)
     if not files:
