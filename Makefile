@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test dev lint bench clean
+.PHONY: demo test dev lint bench docs clean
 
 # The venv is built from the pinned name==version list; it is rebuilt when that list changes.
 $(STAMP): requirements.lock.txt pyproject.toml
@@ -24,7 +24,10 @@ dev: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lexer_assets lexer_assets_tests benchmarks
-	$(BIN)/ruff format --check lexer_assets lexer_assets_tests benchmarks
+
+# Regenerate docs/data-dictionary.md from the table catalog (a test fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m lexer_assets.profiles.data_dictionary
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
