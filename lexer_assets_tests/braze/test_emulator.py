@@ -308,7 +308,12 @@ def test_export_to_s3_through_boto3(tmp_path: Path) -> None:
         state = EmulatorState(tmp_path / "state")
         state.seed([{"external_id": "s1"}, {"external_id": "s2"}], segment_id="seg", api_key=KEY)
         config = EmulatorConfig(
-            s3_endpoint_url=endpoint, s3_bucket="brand-bucket", s3_region="us-east-1", bucket_path_prefix="p", **creds
+            s3_endpoint_url=endpoint,
+            s3_bucket="brand-bucket",
+            s3_region="us-east-1",
+            bucket_path_prefix="p",
+            export_delay_s=0,
+            **creds,
         )
         assert "testing-secret" not in repr(config)
         transport = httpx.ASGITransport(app=make_app(tmp_path / "state", config=config))
@@ -450,3 +455,18 @@ def test_in_process_local_profile_path(tmp_path: Path) -> None:
     users = {u["external_id"]: u for u in read_export_file(files[0])}
     assert users["i1"]["custom_attributes"] == {"lexer_audience": ["New"]}
     assert "custom_attributes" not in users["i2"]
+
+
+def test_request_journal_records_applied_requests_and_readds(emulator: Emulator, tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    emulator.configure(journal_path=str(journal))
+    try:
+        track(emulator, [{"external_id": "u1", "lexer_audience": {"add": ["VIP"]}}])
+        track(emulator, [{"external_id": "u1", "lexer_audience": {"add": ["VIP", "A"]}}])
+        track(emulator, [{"external_id": f"u{i}", "t": 1} for i in range(76)])  # 400: never applied
+    finally:
+        emulator.configure(journal_path="")
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [len(e["attributes"]) for e in lines] == [1, 1]
+    assert lines[0]["readds"] == []
+    assert sorted(map(tuple, lines[1]["readds"])) == [("u1", "lexer_audience", "A"), ("u1", "lexer_audience", "VIP")]

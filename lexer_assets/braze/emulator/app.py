@@ -59,7 +59,9 @@ class EmulatorConfig:
     aws_access_key_id: str | None = dataclasses.field(default=None, repr=False)
     aws_secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     bucket_path_prefix: str = ""
-    export_delay_s: float = 0.0  # 0: files are written before the request answers
+    # Braze writes files a little after answering; 0 writes them before the answer (the in-process local
+    # profile needs 0: a Dagster step process may exit right after the request).
+    export_delay_s: float = 1.0
     users_per_file: int = 5000
     duplicate_rate: float = 0.002
     max_array_length: int = 100
