@@ -153,7 +153,8 @@ def build_sync_checks(audiences: Sequence[Audience]) -> list[dg.AssetChecksDefin
              for a in activated]
     by_slug = {a.slug: a for a in activated}
 
-    @dg.multi_asset_check(specs=specs, name="braze_sync_guard", pool=DUCKDB_WRITER_POOL)
+    # can_subset: materialising or backfilling one audience runs only that audience's guard
+    @dg.multi_asset_check(specs=specs, name="braze_sync_guard", pool=DUCKDB_WRITER_POOL, can_subset=True)
     def braze_sync_guard(context: dg.AssetCheckExecutionContext, braze: BrazeResource,
                          warehouse: WarehouseResource, pipeline: PipelineResource, sync: SyncResource):
         """Evaluates the sync's safety guard on what the sync would do now (a dry plan: nothing is sent)."""
@@ -166,6 +167,8 @@ def build_sync_checks(audiences: Sequence[Audience]) -> list[dg.AssetChecksDefin
         lines = {line.audience_name: line for line in report.audiences}
         too_many_removals = verdict.removals > sync.max_removals
         for slug, aud in by_slug.items():
+            if dg.AssetCheckKey(dg.AssetKey(["audiences", slug]), GUARD_CHECK) not in context.selected_asset_check_keys:
+                continue
             before, now = verdict.sizes.get(aud.name, (None, lines[aud.name].members if aud.name in lines else 0))
             own = [p for p in verdict.problems if p.startswith(f"audience {aud.name!r}")]
             if too_many_removals:
