@@ -9,7 +9,12 @@ import dagster as dg
 
 from lexer_assets.braze.export_landing import copy_export, wait_for_export
 from lexer_assets.braze.export_load import load_export
-from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, numeric_metadata, table_definition_metadata
+from lexer_assets.defs.policies import (
+    DUCKDB_WRITER_POOL,
+    numeric_metadata,
+    preview_markdown,
+    table_definition_metadata,
+)
 from lexer_assets.defs.resources import BrazeResource, BucketResource, PipelineResource, WarehouseResource
 from lexer_assets.storage.catalog import BRAZE_USERS
 
@@ -127,6 +132,8 @@ def users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         with wh.transaction() as conn:
             report = load_export(conn, [home / p for p in raw], object_prefix=object_prefix, work_dir=work_dir)
             count = conn.execute("SELECT count(*) FROM braze.users").fetchall()[0][0]
+            preview = preview_markdown(conn, "SELECT customer_id, email, country, created_at, email_subscribe, "
+                                             "total_revenue FROM braze.users ORDER BY customer_id")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     wh.publish()
@@ -137,6 +144,7 @@ def users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         "object_prefix": object_prefix,
         "dagster/row_count": dg.MetadataValue.int(int(count)),
         "rejects_by_reason": dg.MetadataValue.json(report.rejects_by_reason),
+        "preview": dg.MetadataValue.md(preview),
         **numeric_metadata({"files": report.files, "lines": report.lines, "loaded": report.loaded,
                             "duplicates_collapsed": report.duplicates, "rejected": report.rejected}),
     })

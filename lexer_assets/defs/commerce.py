@@ -6,7 +6,12 @@ from pathlib import Path
 import dagster as dg
 
 from lexer_assets.commerce.order_files import load_orders
-from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, numeric_metadata, table_definition_metadata
+from lexer_assets.defs.policies import (
+    DUCKDB_WRITER_POOL,
+    numeric_metadata,
+    preview_markdown,
+    table_definition_metadata,
+)
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
 from lexer_assets.storage.catalog import ORDERS
 
@@ -51,12 +56,14 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     wh = warehouse.get()
     with wh.transaction() as conn:
         report = load_orders(conn, files, shift_days=shift)
+        preview = preview_markdown(conn, "SELECT * FROM commerce.orders ORDER BY order_date DESC, order_id")
     wh.publish()
     if report.rejected:
         context.log.warning(f"{report.rejected} order line(s) rejected (see commerce.order_rejects)")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": dg.MetadataValue.int(report.loaded),
         "files": dg.MetadataValue.json([f.name for f in files]),
+        "newest_orders": dg.MetadataValue.md(preview),
         "date_shift_days": shift,
         "first_order_date": str(report.first_date),
         "last_order_date": str(report.last_date),
