@@ -489,18 +489,30 @@ def _collapse_duplicates(conn: duckdb.DuckDBPyConnection, member_order: dict[str
         conn.execute(f"""
 CREATE OR REPLACE TEMP TABLE _braze_losers AS
 WITH keys AS (
-  SELECT u.export_file, u.export_line, u.external_id, u.braze_id, u.customer_id, u.created_at, m.member_seq
-  FROM braze.users u JOIN _braze_members m USING (export_file)
+  SELECT export_file, export_line, external_id, braze_id, customer_id, created_at FROM braze.users
+), dup_external AS (
+  SELECT external_id FROM keys WHERE external_id IS NOT NULL GROUP BY ALL HAVING count(*) > 1
+), dup_braze AS (
+  SELECT braze_id FROM keys WHERE braze_id IS NOT NULL GROUP BY ALL HAVING count(*) > 1
+), dup_customer AS (
+  SELECT customer_id FROM keys GROUP BY ALL HAVING count(*) > 1
+), candidates AS (
+  -- Only rows sharing a key with another row can lose; ranking just those avoids sorting the export.
+  SELECT k.*, m.member_seq
+  FROM keys k JOIN _braze_members m USING (export_file)
+  WHERE k.external_id IN (SELECT external_id FROM dup_external)
+     OR k.braze_id IN (SELECT braze_id FROM dup_braze)
+     OR k.customer_id IN (SELECT customer_id FROM dup_customer)
 ), pass1 AS (
   SELECT *, external_id IS NULL
-            OR row_number() OVER (PARTITION BY external_id {order}) = 1 AS keep1 FROM keys
+            OR row_number() OVER (PARTITION BY external_id {order}) = 1 AS keep1 FROM candidates
 ), pass2 AS (
   SELECT *, braze_id IS NULL
             OR row_number() OVER (PARTITION BY braze_id {order}) = 1 AS keep2 FROM pass1 WHERE keep1
 ), pass3 AS (
   SELECT *, row_number() OVER (PARTITION BY customer_id {order}) = 1 AS keep3 FROM pass2 WHERE keep2
 )
-SELECT export_file, export_line FROM keys
+SELECT export_file, export_line FROM candidates
 EXCEPT SELECT export_file, export_line FROM pass3 WHERE keep3
 """)
     finally:

@@ -383,3 +383,14 @@ def test_created_at_does_not_depend_on_the_session_time_zone(conn: duckdb.DuckDB
     load(conn, [path], tmp_path)
     assert rows(conn, "SELECT customer_id, created_at FROM braze.users ORDER BY 1") == [
         ("bad", None), ("utc", dt.datetime(2021, 3, 4, 9, 12, 45, 118000)), ("z", dt.datetime(2024, 11, 30, 22, 1, 9))]
+
+
+def test_duplicates_linked_through_both_ids(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    # A and B share external_id 1 (B newer); B and C share braze_id y (B newer): only B stays. D is alone.
+    lines = [{"external_id": "1", "braze_id": "x", "created_at": "2020-01-01T00:00:00Z", "first_name": "A"},
+             {"external_id": "1", "braze_id": "y", "created_at": "2022-01-01T00:00:00Z", "first_name": "B"},
+             {"external_id": "2", "braze_id": "y", "created_at": "2019-01-01T00:00:00Z", "first_name": "C"},
+             {"external_id": "3", "braze_id": "z", "first_name": "D"}]
+    report = load(conn, [write_gz(tmp_path / "c.gz", ndjson(lines))], tmp_path)
+    assert rows(conn, "SELECT customer_id, first_name FROM braze.users ORDER BY 1") == [("1", "B"), ("3", "D")]
+    assert (report.loaded, report.duplicates) == (2, 2)
