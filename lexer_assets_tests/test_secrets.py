@@ -40,7 +40,8 @@ BRAZE_KEY = "braze-key-LEAKCHECK-4f1d8a2c9b7e"
 WRONG_KEY = "braze-key-WRONGLEAK-0a9b8c7d6e5f"
 NO_TRACK_KEY = "braze-key-NOTRACKLEAK-13579bdf"
 AWS_SECRET = "aws-secret-LEAKCHECK/9xQ2+Zr7Kp3Wm5"
-SECRETS = (BRAZE_KEY, WRONG_KEY, NO_TRACK_KEY, AWS_SECRET)
+WEBHOOK_TOKEN = "WEBHOOKTOKEN-LEAKCHECK-77e1"  # chat webhook URLs embed a token: treated as a secret too
+SECRETS = (BRAZE_KEY, WRONG_KEY, NO_TRACK_KEY, AWS_SECRET, WEBHOOK_TOKEN)
 SEGMENT_ID = "5e1f0c3a-7b2d-4e8f-9a6c-0d4b2f8e1c7a"
 BUCKET = "brand-leak-check"
 
@@ -127,7 +128,9 @@ def test_no_secret_anywhere_after_good_and_failing_runs(tmp_path: Path, s3_url: 
                "BRAZE_REST_ENDPOINT": server.url, "BRAZE_API_KEY": BRAZE_KEY, "BRAZE_EXPORT_SEGMENT_ID": SEGMENT_ID,
                "LEXER_S3_BUCKET": BUCKET, "LEXER_S3_REGION": "us-east-1", "LEXER_S3_ENDPOINT_URL": s3_url,
                "AWS_ACCESS_KEY_ID": "AKIAHUBREADER0000001", "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-               "LEXER_EXPORT_SETTLE_S": "0.2", "LEXER_EXPORT_TIMEOUT_S": "30"}
+               "LEXER_EXPORT_SETTLE_S": "0.2", "LEXER_EXPORT_TIMEOUT_S": "30",
+               # nobody listens on port 9 of loopback: every confirmation fails to deliver, and says so
+               "LEXER_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:9/hooks/{WEBHOOK_TOKEN}"}
         for name, value in env.items():
             monkeypatch.setenv(name, value)
 
@@ -155,6 +158,7 @@ def test_no_secret_anywhere_after_good_and_failing_runs(tmp_path: Path, s3_url: 
         # 1. what was printed, and what went through Python logging
         captured = capfd.readouterr()
         assert "braze__audience_sync" in captured.out or "braze/audience_sync" in captured.out  # it did print
+        assert "webhook: not delivered" in captured.out  # the confirmation tried the webhook, and said so
         _assert_nowhere(captured.out + captured.err, "stdout/stderr")
         _assert_nowhere("\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records),
                         "Python log records")
@@ -193,4 +197,4 @@ def test_no_secret_anywhere_after_good_and_failing_runs(tmp_path: Path, s3_url: 
     # plain config, is there, and the secret next to it is only the variable's name.
     stored = "\n".join(snapshot_texts)
     assert "AKIAHUBREADER0000001" in stored
-    assert "AWS_SECRET_ACCESS_KEY" in stored and "BRAZE_API_KEY" in stored
+    assert all(name in stored for name in ("AWS_SECRET_ACCESS_KEY", "BRAZE_API_KEY", "LEXER_NOTIFY_WEBHOOK_URL"))

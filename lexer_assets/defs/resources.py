@@ -111,8 +111,10 @@ class BrazeResource(_MasksSecrets, dg.ConfigurableResource):
         return make_app(Path(self.emulator_dir), config=config)
 
 
-class SyncResource(dg.ConfigurableResource):
+class SyncResource(_MasksSecrets, dg.ConfigurableResource):
     """The Braze sync's safety guard limits, retry rule and confirmation recipients (LEXER_SYNC_*, LEXER_NOTIFY_*)."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("webhook_url",)  # chat webhook URLs embed a token
 
     max_drop_share: float = 0.5
     max_removals: int = 50_000
