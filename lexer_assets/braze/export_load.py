@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import threading
 from collections import Counter
@@ -377,10 +376,10 @@ def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, objec
     ``work_dir`` is accepted for callers that provide scratch space; lines stream from the files into DuckDB
     without scratch files, so nothing is written there. Does not begin or commit a transaction.
 
-    ``parse_threads`` caps DuckDB's threads while the INSERT runs (restored afterwards; default: half the
-    CPUs, at least 1). The lines come from a Python stream that also decompresses in a thread of its own;
-    measured on 2 CPUs, 2 DuckDB threads used about 1.8x the CPU of 1 thread for the same load, and were
-    slower, because they contend with the decompressing thread.
+    ``parse_threads`` caps DuckDB's threads while the INSERT runs (restored afterwards; default 1). The
+    lines come from a Python Arrow stream; measured here (2 CPUs, duckdb 2.0.1), a second DuckDB thread on
+    that stream doubled the CPU time and made the INSERT slower, even with every batch already in memory.
+    Decompression runs meanwhile in a thread of its own, so one DuckDB thread still keeps two cores busy.
     """
     files = [Path(f) for f in files]
     labels = _file_labels(files)
@@ -409,7 +408,7 @@ def load_export(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, objec
     # customer_id, and the caller's transaction never shows the interim state.
     stream = pa.RecordBatchReader.from_batches(_BATCH_SCHEMA, line_batches())
     conn.register("_braze_lines", stream)
-    threads = parse_threads if parse_threads is not None else max(1, (os.cpu_count() or 2) // 2)
+    threads = parse_threads if parse_threads is not None else 1
     try:
         with _capped_threads(conn, threads):
             conn.execute(_insert_sql(max_line_bytes, prefix))
