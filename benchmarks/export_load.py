@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     zip_mb = sum(p.stat().st_size for p in zips) / 1e6
     nd_mb = sum(p.stat().st_size for p in ndjson) / 1e6
     print(f"export: {args.users:,} users, {len(zips)} zip files ({zip_mb:.0f} MB), "
-          f"{len(ndjson)} NDJSON members ({nd_mb:.0f} MB decompressed), {os.cpu_count()} CPUs")
+          f"{len(ndjson)} NDJSON members ({nd_mb:.0f} MB decompressed), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (other work on the machine skews wall times)")
     results: dict[str, list[dict]] = {}
     for _ in range(args.repeat):
         for step in [s for s in args.only.split(",") if s]:
@@ -170,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             result = _run_child(step, files)
             results.setdefault(step, []).append(result)
             print(json.dumps(result), flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     best = {step: min(runs, key=lambda r: r["wall_s"]) for step, runs in results.items()}
     print("\n| step | wall s | CPU s | peak RSS MB | rows |\n|---|---|---|---|---|")
     for step, r in best.items():
         print(f"| {step} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['rows']:,} |")
     if "load_export" in best and "floor" in best:
         print(f"\nload_export / floor (wall): {best['load_export']['wall_s'] / best['floor']['wall_s']:.2f}x "
-              "(goal <= 1.5x)")
+              f"(goal <= 1.5x); CPU: {best['load_export']['cpu_s'] / best['floor']['cpu_s']:.2f}x")
     if "load_export" in best and "json_loads" in best:
         print(f"json_loads / load_export (wall): "
               f"{best['json_loads']['wall_s'] / best['load_export']['wall_s']:.1f}x (goal >= 5x)")
