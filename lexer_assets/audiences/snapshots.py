@@ -14,7 +14,8 @@ A partition for day D is the membership as of D:
   while profiles are built (so the profile code is the same code that builds today's table).
 * **Reuse.** A past day's profiles are written to the cache as Parquet keyed by (day, export, a fingerprint
   of the orders, thresholds and profile code), so every audience backfilled over the same days builds each
-  day's profiles once. Attributed orders (for time windows) are only built when the rules use them.
+  day's profiles once. Time windows read each customer's first and last order dates from those profiles
+  (``create_order_bounds``), not the order lines, and only when the rules have windows.
 * **Replacement.** Storing a day deletes that (audience, day) first, in the same transaction: re-running a
   day replaces it, never doubles it; a day with no members is a stored history row of size 0.
 * **History.** size / entered / exited of a day are counted against the previous *stored* day; storing a day
@@ -36,7 +37,7 @@ import duckdb
 
 from lexer_assets.audiences.rules import CompiledAudience, compile_audience
 from lexer_assets.audiences.spec import Audience
-from lexer_assets.profiles.build import LifecycleThresholds, build_profiles, create_attributed_orders
+from lexer_assets.profiles.build import LifecycleThresholds, build_profiles
 from lexer_assets.storage.catalog import BRAZE_USERS, CUSTOMER_PROFILES, EXPORT_REJECTS
 
 PROFILE_COLUMNS: dict[str, str] = {c.name: c.type for c in CUSTOMER_PROFILES.columns}
@@ -245,14 +246,24 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: Lif
                 tmp.replace(cached)
                 _prune_cache(cached.parent, CACHE_KEEP_FILES)
     if with_orders:
-        if catalog:
-            conn.execute(f"USE {catalog}")
-        try:
-            create_attributed_orders(conn, as_of=as_of, name=ORDERS_REL)
-        finally:
-            if catalog:
-                conn.execute(f'USE "{hub}"')
+        create_order_bounds(conn)
     return how
+
+
+def create_order_bounds(conn: duckdb.DuckDBPyConnection) -> None:
+    """``orders_asof`` for the rule windows: each customer's first and last order date as of the day.
+
+    Every window the rules offer (:data:`~lexer_assets.audiences.rules.WINDOWS`) asks only whether an order
+    falls in ``(day - N, day]`` or on/before ``day - N``; with no order after the day, the answer from the
+    first and last order dates equals the answer from every order line. Two rows per customer from the
+    profiles instead of attributing millions of order lines again for every audience and day.
+    """
+    _drop_temp(conn, ORDERS_REL)
+    conn.execute(f"""CREATE TEMP TABLE {ORDERS_REL} AS
+        SELECT customer_id, first_order_date AS order_date FROM {PROFILES_REL} WHERE first_order_date IS NOT NULL
+        UNION ALL
+        SELECT customer_id, last_order_date FROM {PROFILES_REL}
+        WHERE last_order_date IS NOT NULL AND last_order_date <> first_order_date""")
 
 
 def compile_for(audience: Audience, audiences: Sequence[Audience]) -> CompiledAudience:

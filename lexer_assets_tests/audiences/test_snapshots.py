@@ -12,6 +12,7 @@ import duckdb
 import pytest
 import yaml
 
+from lexer_assets.audiences.rules import WINDOWS
 from lexer_assets.audiences.snapshots import (
     NOTE_CURRENT,
     NOTE_EARLIEST,
@@ -176,3 +177,36 @@ def test_broken_rules_write_nothing(tmp_path: Path) -> None:
         materialize_days(conn, audiences[0], audiences, [dt.date(2026, 5, 5)], THRESHOLDS, home=tmp_path,
                          cache_dir=None)
     assert conn.sql("SELECT count(*) FROM lexer.audience_history").fetchall() == [(0,)]
+
+
+def test_windows_from_first_and_last_order_dates_match_every_order_line(tmp_path: Path) -> None:
+    """Time windows read two dates per customer; checked against plain Python over the order lines."""
+    assert WINDOWS == ("ordered_in_last_days", "no_order_in_last_days", "first_order_within_days"), (
+        "a new window kind: check create_order_bounds still answers it exactly")
+    conn = _orders_hub(tmp_path)
+    lines = {"a": [dt.date(2026, 5, 1), dt.date(2026, 5, 5)], "b": [dt.date(2026, 5, 3)],
+             "c": [dt.date(2026, 5, 4)]}
+    entries = [{"name": f"{key} {n}", "slug": f"{key}_{n}", "rules": [{key: n}]}
+               for key in WINDOWS for n in (1, 2, 3, 5)]
+    audiences = _audiences(tmp_path, *entries)
+    days = [dt.date(2026, 4, 30) + dt.timedelta(days=i) for i in range(8)]
+
+    def expected(key: str, n: int, day: dt.date) -> set[str]:
+        out = set()
+        for customer in ("a", "b", "c"):
+            seen = [d for d in lines[customer] if d <= day]
+            in_window = any(day - dt.timedelta(days=n) < d for d in seen)
+            if key == "ordered_in_last_days" and in_window:
+                out.add(customer)
+            if key == "no_order_in_last_days" and not in_window:
+                out.add(customer)
+            if key == "first_order_within_days" and in_window and min(seen) > day - dt.timedelta(days=n):
+                out.add(customer)
+        return out
+
+    for audience, entry in zip(audiences, entries, strict=True):
+        materialize_days(conn, audience, audiences, days, THRESHOLDS, home=tmp_path, cache_dir=tmp_path / "c")
+        key, n = next(iter(entry["rules"][0].items()))
+        got = _members(conn, audience.slug)
+        for day in days:
+            assert got.get(day, set()) == expected(key, n, day), (audience.slug, day)
