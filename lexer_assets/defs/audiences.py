@@ -15,8 +15,7 @@ from lexer_assets.defs.profiles import customer_profiles
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
 from lexer_assets.settings import Settings
 from lexer_assets.storage.catalog import AUDIENCE_HISTORY, AUDIENCE_MEMBERSHIP
-
-AUDIENCE_TABLES = (AUDIENCE_MEMBERSHIP.name, AUDIENCE_HISTORY.name)
+from lexer_assets.storage.warehouse import RowScope
 
 
 def audience_key(audience: Audience) -> dg.AssetKey:
@@ -71,12 +70,16 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
         home = Path(pipeline.home)
         try:
             with wh.connect() as conn:
-                wh.mark_unpublished(AUDIENCE_TABLES)
+                # Only this audience's days of the (large) membership table change: the publish copies those
+                # rows into the analysts' store, and the (small) history table whole.
+                wh.mark_unpublished([AUDIENCE_HISTORY.name], rows=[RowScope(
+                    AUDIENCE_MEMBERSHIP.name, "audience_slug = ? AND snapshot_date BETWEEN ?::DATE AND ?::DATE",
+                    [audience.slug, days[0].isoformat(), days[-1].isoformat()])])
                 stats = materialize_days(conn, audience, audiences, days, pipeline.thresholds(), home=home,
                                          cache_dir=home / "cache")
         except AudienceError as exc:
             raise dg.Failure(description=f"audience {audience.name!r} was not computed: {exc}") from None
-        wh.publish(AUDIENCE_TABLES)
+        wh.publish([AUDIENCE_HISTORY.name])
         for s in stats[-10:]:  # a long backfill: the last days are enough in the log, all are in metadata
             context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size} members (+{s.entered} / "
                              f"-{s.exited}); export {s.object_prefix or 'none'} ({s.export_note}); "

@@ -24,8 +24,9 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -68,15 +69,17 @@ class Warehouse:
             conn.close()
 
     @contextmanager
-    def transaction(self, tables: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self, tables: Iterable[str] | None = None,
+                    rows: Iterable[RowScope] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: everything it writes lands together or not at all.
 
         ``tables``: the tables this transaction may write (``schema.table``). They are recorded as not yet
         published before the commit, so ``publish(tables)`` after it (or any later publish, should this run
-        die first) copies them. Without ``tables`` the next publish copies the whole database.
+        die first) copies them; ``rows`` narrows that to rows of a table (see ``mark_unpublished``).
+        Without ``tables`` the next publish copies the whole database.
         """
         with self.connect() as conn:
-            self.mark_unpublished(["*"] if tables is None else list(tables))
+            self.mark_unpublished(["*"] if tables is None else list(tables), rows)
             conn.execute("BEGIN TRANSACTION")
             try:
                 yield conn
@@ -93,24 +96,33 @@ class Warehouse:
             return None
         return self.published_path.with_name(f".{self.published_path.name}.pending.json")
 
-    def _read_pending(self) -> set[str]:
+    def _read_pending(self) -> tuple[set[str], list[RowScope]]:
         path = self._pending_path
         if path is None or not path.exists():
-            return set()
+            return set(), []
         try:
-            return set(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            return {"*"}  # unreadable: be safe, copy everything
+            data = json.loads(path.read_text())
+            return set(data["tables"]), [RowScope(r["table"], r["where"], list(r["params"])) for r in data["rows"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"*"}, []  # unreadable: be safe, copy everything
 
-    def mark_unpublished(self, tables: Iterable[str]) -> None:
-        """Record tables as written but not yet published (called while holding the working file's lock)."""
+    def mark_unpublished(self, tables: Iterable[str], rows: Iterable[RowScope] = ()) -> None:
+        """Record what was written but not yet published (call while holding the working file's lock).
+
+        ``tables``: whole tables. ``rows``: only these rows of a table changed (the publish replaces just
+        them in the copy, e.g. one audience's days of ``lexer.audience_membership``).
+        """
         path = self._pending_path
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        pending = sorted(self._read_pending() | {str(t) for t in tables})
+        pending_tables, pending_rows = self._read_pending()
+        pending_tables |= {str(t) for t in tables}
+        pending_rows += [r for r in rows if r not in pending_rows]
+        data = {"tables": sorted(pending_tables),
+                "rows": [{"table": r.table, "where": r.where, "params": r.params} for r in pending_rows]}
         tmp = path.with_name(path.name + f".{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(pending))
+        tmp.write_text(json.dumps(data, default=str))
         os.replace(tmp, path)
 
     def publish(self, tables: Iterable[str] | None = None) -> Path | None:
@@ -129,13 +141,14 @@ class Warehouse:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         with self.connect() as conn:
-            wanted = self._read_pending() | (set(tables) if tables is not None else {"*"})
+            pending_tables, pending_rows = self._read_pending()
+            wanted = pending_tables | (set(tables) if tables is not None else {"*"})
             incremental = ("*" not in wanted and target.exists()
                            and target.stat().st_size <= 2 * max(self.path.stat().st_size, 1 << 20))
             try:
                 if incremental:
                     try:
-                        self._publish_tables(conn, tmp, sorted(wanted))
+                        self._publish_tables(conn, tmp, sorted(wanted), pending_rows)
                     except duckdb.Error:
                         # e.g. a new view on a table the old copy lacks: a full copy is always right
                         tmp.unlink(missing_ok=True)
@@ -161,7 +174,8 @@ class Warehouse:
         finally:
             conn.execute("DETACH publish_target")
 
-    def _publish_tables(self, conn: duckdb.DuckDBPyConnection, tmp: Path, tables: list[str]) -> None:
+    def _publish_tables(self, conn: duckdb.DuckDBPyConnection, tmp: Path, tables: list[str],
+                        rows: Sequence[RowScope] = ()) -> None:
         assert self.published_path is not None
         shutil.copyfile(self.published_path, tmp)
         source = conn.execute("SELECT current_database()").fetchall()[0][0]
@@ -183,14 +197,19 @@ class Warehouse:
             for schema, view in old_views:
                 conn.execute(f'DROP VIEW IF EXISTS publish_target."{schema}"."{view}"')
             for name in tables:
-                schema, _, table = name.partition(".")
-                if not _PLAIN.match(schema) or not _PLAIN.match(table):
-                    raise ValueError(f"not a plain schema.table name: {name!r}")
+                schema, _, table = _split(name)
                 conn.execute(f'DROP TABLE IF EXISTS publish_target."{schema}"."{table}"')
                 if name in existing:
                     conn.execute(f'CREATE SCHEMA IF NOT EXISTS publish_target."{schema}"')
                     conn.execute(f'CREATE TABLE publish_target."{schema}"."{table}" AS '
                                  f'SELECT * FROM "{source}"."{schema}"."{table}"')
+            for scope in rows:
+                if scope.table in tables:
+                    continue  # the whole table is copied anyway
+                schema, _, table = _split(scope.table)
+                conn.execute(f'DELETE FROM publish_target."{schema}"."{table}" WHERE {scope.where}', scope.params)
+                conn.execute(f'INSERT INTO publish_target."{schema}"."{table}" '
+                             f'SELECT * FROM "{source}"."{schema}"."{table}" WHERE {scope.where}', scope.params)
             conn.execute("USE publish_target")
             try:
                 for schema, _, sql in views:
@@ -219,6 +238,23 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table in TABLES:
         conn.execute(table.ddl())
+
+
+@dataclass(frozen=True)
+class RowScope:
+    """Rows of one table that changed: ``where`` is SQL written by this package (never user text), with
+    ``?`` parameters (JSON-serialisable; dates as ISO strings cast in ``where``)."""
+
+    table: str
+    where: str
+    params: list = field(default_factory=list)
+
+
+def _split(name: str) -> tuple[str, str, str]:
+    schema, dot, table = name.partition(".")
+    if not _PLAIN.match(schema) or not _PLAIN.match(table):
+        raise ValueError(f"not a plain schema.table name: {name!r}")
+    return schema, dot, table
 
 
 def _sql_string(value: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lexer_assets.storage.warehouse import Warehouse
+from lexer_assets.storage.warehouse import RowScope, Warehouse
 
 # A Python with duckdb 1.x (e.g. `python3 -m venv /tmp/oldduck && /tmp/oldduck/bin/pip install 'duckdb==1.5.*'`).
 OLD_DUCKDB_PYTHON = os.environ.get("LEXER_OLD_DUCKDB_PYTHON", "/tmp/oldduck/bin/python")
@@ -66,6 +66,30 @@ def test_a_table_new_to_the_store_is_copied_with_its_view(wh: Warehouse) -> None
     wh.publish(["lexer.audience_history"])
     assert wh.last_publish == "tables"  # the table missing from the old copy was added to the copy list
     assert _rows(wh.published_path, "SELECT next FROM lexer.extra_view") == [(43,)]
+
+
+def test_row_scoped_publish_copies_only_those_rows_even_after_a_crash(wh: Warehouse) -> None:
+    assert wh.published_path is not None
+    with wh.connect() as conn:
+        conn.execute("INSERT INTO lexer.audience_membership VALUES ('vip', 'VIP', DATE '2026-01-01', 'c1'), "
+                     "('new', 'New', DATE '2026-01-01', 'c2')")
+    wh.publish()
+    day_scope = "audience_slug = ? AND snapshot_date BETWEEN ?::DATE AND ?::DATE"
+    with wh.transaction([], rows=[RowScope("lexer.audience_membership", day_scope,
+                                           ["vip", "2026-01-01", "2026-01-02"])]) as conn:
+        conn.execute("INSERT INTO lexer.audience_membership VALUES ('vip', 'VIP', DATE '2026-01-02', 'c3')")
+    # that step died before publishing; the next step changes the 'new' audience and publishes its rows
+    with wh.transaction([], rows=[RowScope("lexer.audience_membership", day_scope,
+                                           ["new", "2026-01-01", "2026-01-01"])]) as conn:
+        conn.execute("DELETE FROM lexer.audience_membership WHERE audience_slug = 'new'")
+        conn.execute("INSERT INTO lexer.audience_membership VALUES ('new', 'New', DATE '2026-01-01', 'c9')")
+        # a change outside any declared scope stays unpublished (proves only the scoped rows are copied)
+        conn.execute("INSERT INTO lexer.audience_membership VALUES ('old', 'Old', DATE '2026-01-01', 'cx')")
+    wh.publish([])
+    assert wh.last_publish == "tables"
+    assert _rows(wh.published_path, "SELECT audience_slug, snapshot_date::VARCHAR, customer_id "
+                                    "FROM lexer.audience_membership ORDER BY ALL") == [
+        ("new", "2026-01-01", "c9"), ("vip", "2026-01-01", "c1"), ("vip", "2026-01-02", "c3")]
 
 
 def test_a_write_never_published_is_copied_by_the_next_publish(wh: Warehouse) -> None:
