@@ -65,13 +65,20 @@ def plan_changes(
         "removable": pa.array([p.removable for p in policies], pa.bool_()),
     })
     conn.register("diff_policies", policy_table)
+    # Only customers with more desired values than the cap need a priority ranking; sorting every customer's
+    # values (a window over all rows) would dominate the diff when almost nobody is capped.
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE diff_desired_ranked AS
-        SELECT d.customer_id, d.value,
-               row_number() OVER (PARTITION BY d.customer_id
-                                  ORDER BY coalesce(p.priority, 100), d.value) AS rank
-        FROM (SELECT DISTINCT customer_id, value FROM {desired}) d
-        LEFT JOIN diff_policies p USING (value)
+        WITH d AS (SELECT DISTINCT customer_id, value FROM {desired}),
+             n AS (SELECT customer_id, count(*) AS n FROM d GROUP BY customer_id),
+             dn AS (SELECT d.customer_id, d.value, n.n FROM d JOIN n USING (customer_id))
+        SELECT customer_id, value, 1::BIGINT AS rank FROM dn WHERE n <= {int(array_cap)}
+        UNION ALL
+        SELECT dn.customer_id, dn.value,
+               row_number() OVER (PARTITION BY dn.customer_id
+                                  ORDER BY coalesce(p.priority, 100), dn.value) AS rank
+        FROM dn LEFT JOIN diff_policies p USING (value)
+        WHERE dn.n > {int(array_cap)}
     """)
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE diff_ops AS
