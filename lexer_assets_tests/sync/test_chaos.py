@@ -62,6 +62,10 @@ def test_sigkill_and_faults_leave_braze_exactly_right(tmp_path: Path) -> None:
                 break
         assert statuses[-1].startswith("succeeded"), statuses
         assert kills >= 1  # at least one run really died mid-way (the first run takes longer than 4 s)
+        with world.wh.connect() as conn:
+            reconciled = conn.sql("SELECT count(*) FROM sync.braze_sync_log "
+                                  "WHERE error LIKE 'reconciled by run%'").fetchall()[0][0]
+        assert reconciled > 0  # a kill hit a chunk in flight, and the next run read those users back
 
         world.configure(fault_429_rate=0.0, fault_5xx_rate=0.0, fault_drop_rate=0.0)
         report = verify_braze(world.wh, world.client(), audiences=AUDIENCES, attribute=ATTR, array_cap=ARRAY_CAP)
