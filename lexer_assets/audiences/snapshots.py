@@ -28,6 +28,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import itertools
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ from lexer_assets.storage.catalog import BRAZE_USERS, CUSTOMER_PROFILES, EXPORT_
 PROFILE_COLUMNS: dict[str, str] = {c.name: c.type for c in CUSTOMER_PROFILES.columns}
 PROFILES_REL = "profiles_asof"
 ORDERS_REL = "orders_asof"
-CACHE_KEEP_FILES = 120  # past-day profile files kept (oldest used first to go): ~4 months of one backfill
+# Cache files kept, least recently written first to go. A past day's profiles are ~60 MB at 1,000,000
+# customers: 40 days cover a month's backfill of every audience (~2.4 GB); older exports' users likewise.
+CACHE_KEEP_FILES = 40
+CACHE_KEEP_EXPORTS = 8
 
 NOTE_CURRENT = "current on the day"
 NOTE_EARLIEST = "no export on or before the day: the earliest export was used"
@@ -135,6 +139,7 @@ def export_users_parquet(conn: duckdb.DuckDBPyConnection, object_prefix: str, *,
         tmp = target.with_name(target.name + ".tmp")
         conn.execute(f"COPY braze.users TO {_sql_path(tmp)} (FORMAT parquet)")
         tmp.replace(target)
+        _prune_cache(target.parent, CACHE_KEEP_EXPORTS)
     finally:
         conn.execute(f'USE "{current}"')
         conn.execute("DETACH export_reload")
@@ -188,7 +193,7 @@ def inputs_fingerprint(conn: duckdb.DuckDBPyConnection, thresholds: LifecycleThr
 
 
 def _prune_cache(folder: Path, keep: int) -> None:
-    files = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_atime, reverse=True)
+    files = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in files[keep:]:
         old.unlink(missing_ok=True)
 
@@ -229,6 +234,7 @@ def prepare_day(conn: duckdb.DuckDBPyConnection, as_of: dt.date, thresholds: Lif
                       f"{as_of.isoformat()}-{_safe(f'{prefix}|{fingerprint}')}.parquet")
         _drop_temp(conn, PROFILES_REL)
         if cached is not None and cached.exists():
+            os.utime(cached)  # recently used: pruned last
             conn.execute(f"CREATE TEMP VIEW {PROFILES_REL} AS SELECT * FROM read_parquet({_sql_path(cached)})")
             how = "cache"
         else:
