@@ -16,7 +16,7 @@ from lexer_assets.defs.policies import (
     table_definition_metadata,
 )
 from lexer_assets.defs.resources import BrazeResource, BucketResource, PipelineResource, WarehouseResource
-from lexer_assets.storage.catalog import BRAZE_USERS
+from lexer_assets.storage.catalog import BRAZE_USERS, EXPORT_FILES, EXPORT_REJECTS, EXPORT_REQUESTS
 
 
 def _utcnow() -> dt.datetime:
@@ -38,7 +38,8 @@ def export_request(context: dg.AssetExecutionContext, braze: BrazeResource,
     """
     answer = braze.client().export_segment(braze.export_segment_id, braze.export_fields)
     object_prefix = answer["object_prefix"]
-    with warehouse.get().transaction() as conn:
+    wh = warehouse.get()
+    with wh.transaction(tables=[EXPORT_REQUESTS.name]) as conn:
         conn.execute("INSERT INTO braze.export_requests VALUES (?, ?, ?, ?, ?)",
                      [object_prefix, braze.export_segment_id, _utcnow(), list(braze.export_fields), "zip"])
     context.log.info(f"Braze accepted the export of segment {braze.export_segment_id}: {object_prefix}")
@@ -82,13 +83,13 @@ def segment_export(context: dg.AssetExecutionContext, bucket: BucketResource, br
                                               "empty_export": True})
     copied = copy_export(store, landed, pipeline.raw_exports_dir)
     home = Path(pipeline.home)
-    with wh.transaction() as conn:
+    with wh.transaction(tables=[EXPORT_FILES.name]) as conn:
         conn.execute("DELETE FROM braze.export_files WHERE object_prefix = ?", [object_prefix])
         now = _utcnow()
         for obj, path in zip(landed.files, copied, strict=True):
             conn.execute("INSERT INTO braze.export_files VALUES (?, ?, ?, ?, ?, ?)",
                          [object_prefix, landed.export_date, obj.key, str(path.relative_to(home)), obj.size, now])
-    wh.publish()
+    wh.publish([EXPORT_FILES.name])
     return dg.MaterializeResult(metadata={
         "object_prefix": object_prefix,
         "export_date": str(landed.export_date),
@@ -129,14 +130,14 @@ def users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     home = Path(pipeline.home)
     work_dir = home / "tmp" / f"load-{context.run.run_id}"
     try:
-        with wh.transaction() as conn:
+        with wh.transaction(tables=[BRAZE_USERS.name, EXPORT_REJECTS.name]) as conn:
             report = load_export(conn, [home / p for p in raw], object_prefix=object_prefix, work_dir=work_dir)
             count = conn.execute("SELECT count(*) FROM braze.users").fetchall()[0][0]
             preview = preview_markdown(conn, "SELECT customer_id, email, country, created_at, email_subscribe, "
                                              "total_revenue FROM braze.users ORDER BY customer_id")
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    wh.publish()
+    wh.publish([BRAZE_USERS.name, EXPORT_REJECTS.name])
     if report.rejected:
         context.log.warning(f"{report.rejected} export line(s) rejected: {report.rejects_by_reason} "
                             "(see braze.export_rejects)")

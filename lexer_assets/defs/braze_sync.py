@@ -10,6 +10,7 @@ from lexer_assets.braze.client import BrazeAuthError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, numeric_metadata
 from lexer_assets.defs.resources import BrazeResource, PipelineResource, SyncResource, WarehouseResource
 from lexer_assets.sync.audience_sync import (
+    SYNC_TABLES,
     SyncedAudience,
     SyncReport,
     audience_summary,
@@ -109,11 +110,11 @@ def build_sync_asset(audience_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinitio
                 retry_parked=config.retry_parked, on_finish=confirm,
             )
         except SyncBlocked as exc:
-            wh.publish()  # the blocked run's report is visible to analysts
+            wh.publish(SYNC_TABLES)  # the blocked run's report is visible to analysts
             raise dg.Failure(description=str(exc)) from None
         except BrazeAuthError as exc:
             raise dg.Failure(description=f"sync stopped: {exc}. Nothing was lost: changes stay pending.") from None
-        wh.publish()
+        wh.publish(SYNC_TABLES)
         return dg.MaterializeResult(metadata={
             "dry_run": config.dry_run,
             "status": report.status,

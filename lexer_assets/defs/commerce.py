@@ -13,7 +13,7 @@ from lexer_assets.defs.policies import (
     table_definition_metadata,
 )
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
-from lexer_assets.storage.catalog import ORDERS
+from lexer_assets.storage.catalog import ORDER_REJECTS, ORDERS
 
 IMPORT_MANIFEST = "_import.json"
 
@@ -54,10 +54,10 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                          "(or run `lexer-assets demo`, which writes a synthetic one)")
     shift = import_shift_days(folder)
     wh = warehouse.get()
-    with wh.transaction() as conn:
+    with wh.transaction(tables=[ORDERS.name, ORDER_REJECTS.name]) as conn:
         report = load_orders(conn, files, shift_days=shift)
         preview = preview_markdown(conn, "SELECT * FROM commerce.orders ORDER BY order_date DESC, order_id")
-    wh.publish()
+    wh.publish([ORDERS.name, ORDER_REJECTS.name])
     if report.rejected:
         context.log.warning(f"{report.rejected} order line(s) rejected (see commerce.order_rejects)")
     return dg.MaterializeResult(metadata={

@@ -12,6 +12,7 @@ from lexer_assets.defs.policies import (
 )
 from lexer_assets.defs.resources import PipelineResource, WarehouseResource
 from lexer_assets.profiles.build import build_profiles
+from lexer_assets.profiles.views import create_analyst_views
 from lexer_assets.storage.catalog import CUSTOMER_PROFILES
 
 
@@ -35,6 +36,7 @@ def customer_profiles(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     wh = warehouse.get()
     with wh.transaction(tables=[CUSTOMER_PROFILES.name]) as conn:
         stats = build_profiles(conn, as_of=as_of, thresholds=pipeline.thresholds())
+        create_analyst_views(conn)  # views over profiles and audience tables, published with them
         by_stage = dict(conn.sql("SELECT lifecycle_stage, count(*) FROM lexer.customer_profiles "
                                  "GROUP BY ALL ORDER BY ALL").fetchall())
         preview = preview_markdown(conn, "SELECT customer_id, orders, revenue, rfm_segment, lifecycle_stage, "

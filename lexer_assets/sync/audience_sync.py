@@ -37,6 +37,7 @@ from typing import Protocol
 import duckdb
 import pyarrow as pa
 
+from lexer_assets.storage.catalog import TABLES
 from lexer_assets.storage.warehouse import Warehouse
 from lexer_assets.sync.attribute_diff import DiffCounts, ValuePolicy, plan_changes
 from lexer_assets.sync.identity import IDENTITY_COLUMNS, ProfileReader, fill_from_key, read_back, track_identity
@@ -104,6 +105,8 @@ class SyncReport:
     audiences: list[AudienceSyncLine] = field(default_factory=list)
 
 
+# The sync writes only these tables: the publish after a sync copies just them into the analysts' store.
+SYNC_TABLES = [t.name for t in TABLES if t.schema == "sync"]
 _WRITE_LOCKS: dict[str, threading.RLock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
@@ -118,7 +121,7 @@ def _transaction(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
     key = str(Path(warehouse.path).resolve())
     with _WRITE_LOCKS_GUARD:
         lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
-    with lock, warehouse.transaction() as conn:
+    with lock, warehouse.transaction(tables=SYNC_TABLES) as conn:
         yield conn
 
 

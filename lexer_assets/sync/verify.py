@@ -34,7 +34,7 @@ def verify_braze(warehouse: Warehouse, reader: ProfileReader, *, audiences: Sequ
                  progress: Callable[[int, int], None] | None = None,
                  sample: int | None = None) -> VerifyReport:
     """Compare every user (or a fixed random ``sample`` of them: the same users each time) with Braze."""
-    with warehouse.transaction() as conn:
+    with warehouse.connect() as conn:
         policies, _ = desired_state(conn, audiences)
         tolerated = {p.value for p in policies if not p.removable}
         expected_rows = conn.execute(
