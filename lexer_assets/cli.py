@@ -8,8 +8,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lexer_assets.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 def _settings() -> Settings:
@@ -17,6 +21,17 @@ def _settings() -> Settings:
         return Settings.from_env()
     except SettingsError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+
+
+def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection | None:
+    """A read-only session on the analysts' published store, or None (reason printed) when there is none yet."""
+    from lexer_assets.storage.warehouse import Warehouse
+
+    try:
+        return Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -30,13 +45,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     """Run SQL read-only against the published profile store and print a table."""
     import duckdb
 
-    from lexer_assets.storage.warehouse import Warehouse
 
     settings = _settings()
-    try:
-        conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
-    except FileNotFoundError as exc:
-        print(exc, file=sys.stderr)
+    conn = _open_store(settings)
+    if conn is None:
         return 1
     try:
         rel = conn.sql(args.sql)
@@ -148,7 +160,6 @@ def cmd_audiences_preview(args: argparse.Namespace) -> int:
     from lexer_assets.audiences.snapshots import ORDERS_REL, PROFILE_COLUMNS, PROFILES_REL, prepare_day, uses_orders
     from lexer_assets.audiences.spec import AudienceError, find_audience, load_audiences
     from lexer_assets.profiles.build import LifecycleThresholds
-    from lexer_assets.storage.warehouse import Warehouse
 
     settings = _settings()
     try:
@@ -157,10 +168,8 @@ def cmd_audiences_preview(args: argparse.Namespace) -> int:
     except (AudienceError, KeyError) as exc:
         print(str(exc).strip("'\""), file=sys.stderr)
         return 1
-    try:
-        conn = Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
-    except FileNotFoundError as exc:
-        print(exc, file=sys.stderr)
+    conn = _open_store(settings)
+    if conn is None:
         return 1
     try:
         stored = conn.sql("SELECT max(as_of_date) FROM lexer.customer_profiles").fetchall()[0][0]
