@@ -175,7 +175,7 @@ def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAud
                 policies.append(ValuePolicy(aud.name, aud.priority, removable=False))
             continue  # otherwise not a policy: its values, if Braze holds them, are retired and removed
         newest = conn.execute(
-            "SELECT max(snapshot_date) FROM lexer.audience_membership WHERE audience_slug = ?", [aud.slug]
+            "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ?", [aud.slug]
         ).fetchall()[0][0]
         # An audience with no partition yet is unknown, not empty: never remove its value.
         policies.append(ValuePolicy(aud.name, aud.priority,

@@ -155,6 +155,20 @@ def test_guard_blocks_a_big_drop_until_approved(world: World) -> None:
     assert statuses == [("r1", "succeeded"), ("r2", "blocked"), ("r3", "blocked"), ("r4", "succeeded")]
 
 
+def test_audience_computed_empty_is_empty_not_unknown(world: World) -> None:
+    """A computed day with no members means "remove the value from everyone" (after the guard's approval);
+    only an audience never computed is unknown."""
+    set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:30])
+    world.sync([VIP], run_id="r1", guard=GuardLimits())
+    set_members(world.wh, "vip", "VIP", DAY2, [])
+    with pytest.raises(SyncBlocked, match="'VIP' dropped from 30 to 0"):
+        world.sync([VIP], run_id="r2", guard=GuardLimits())
+    assert len(world.braze()) == 30
+    report = world.sync([VIP], run_id="r3", guard=GuardLimits(), approved=True)
+    assert (report.diff.removes, report.done) == (30, 30)
+    assert world.braze() == {}
+
+
 def test_frozen_audience_is_neither_added_nor_removed(world: World) -> None:
     set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:5])
     world.sync([VIP], run_id="r1")

@@ -57,6 +57,11 @@ def set_members(wh: Warehouse, slug: str, name: str, day: dt.date, members: Iter
         conn.execute("INSERT INTO lexer.audience_membership SELECT ?, ?, ?, customer_id FROM members",
                      [slug, name, day])
         conn.unregister("members")
+        # Like the audience asset: every computed day has a history row, even when nobody is in it.
+        conn.execute("DELETE FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date = ?",
+                     [slug, day])
+        conn.execute("INSERT INTO lexer.audience_history VALUES (?, ?, ?, ?, 0, 0, NULL, now()::TIMESTAMP)",
+                     [slug, name, day, len(ids)])
 
 
 class World:
