@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -162,6 +163,40 @@ def local_instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home))
 
 
+DEMO_TAG = "lexer/launched_by"
+PID_TAG = "lexer/pid"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_runs(instance: dg.DagsterInstance, say: Callable[[str], None] = _out) -> int:
+    """Mark in-process runs whose process died (killed demo) as failed and free their DuckDB-writer slots.
+
+    Runs launched by `dagster dev` are left to its daemon's run monitoring; a demo has no daemon, so without
+    this a killed demo would hold the writer pool's only slot and every later run would wait forever.
+    """
+    live = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    released = 0
+    for record in instance.get_run_records(dg.RunsFilter(statuses=live, tags={DEMO_TAG: "lexer-assets"})):
+        run = record.dagster_run
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and not _process_alive(pid):
+            instance.report_run_failed(run)
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            say(f"Released run {run.run_id[:8]}: its process ({pid}) died before it finished; "
+                "its confirmed changes are kept and the rest is re-planned.")
+            released += 1
+    return released
+
+
 def run_loop(settings: Settings, *, partition_key: str | None = None, instance: dg.DagsterInstance | None = None,
              quiet: bool = False) -> dg.ExecuteInProcessResult:
     """Materialise the main job (every asset; today's audience partitions) in this process."""
@@ -173,6 +208,7 @@ def run_loop(settings: Settings, *, partition_key: str | None = None, instance: 
         partition_key=partition_key or settings.today().isoformat(),
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
+        tags={DEMO_TAG: "lexer-assets", PID_TAG: str(os.getpid())},
         # Only a run config that names the logger makes the job use the definitions' console logger.
         run_config=None if quiet else {"loggers": {"console": {}}},
     )
@@ -206,7 +242,9 @@ def run_demo(settings: Settings, *, orders_file: Path | None, customers: int, se
     _out(f"lexer-assets demo: LEXER_HOME={settings.home}")
     prepare_inputs(settings, orders_file=orders_file, customers=customers, seed=seed, reset=reset)
     _out(f"Running job on partition {settings.today().isoformat()}:")
-    result = run_loop(settings, instance=local_instance(settings))
+    instance = local_instance(settings)
+    release_dead_runs(instance)
+    result = run_loop(settings, instance=instance)
     _out("")
     if not result.success:
         _out("The run failed (see the FAILED lines above). Nothing was lost: fix the cause and run again.")
