@@ -255,6 +255,7 @@ class AutomationSettings:
     freshness_fail_hours: float = 30.0
     orders_freshness_fail_hours: float = 48.0  # brands drop order files on their own cadence
     max_export_reject_rate: float = 0.01  # share of export lines rejected before braze/users fails its check
+    max_order_reject_rate: float = 0.05  # share of order lines rejected before commerce/orders keeps the old orders
     min_profile_coverage: float = 1.0  # share of exported users that must have a profile row
     max_sync_failure_rate: float = 0.01  # share of sent changes Braze rejected before the sync check fails
     verify_sample: int = 200  # users read back from Braze by the verification check (0: off)
@@ -394,6 +395,7 @@ def _automation_settings(env: Mapping[str, str]) -> AutomationSettings:
         freshness_fail_hours=_float(env, "LEXER_FRESHNESS_FAIL_HOURS", 30.0, positive=True),
         orders_freshness_fail_hours=_float(env, "LEXER_ORDERS_FRESHNESS_FAIL_HOURS", 48.0, positive=True),
         max_export_reject_rate=_share(env, "LEXER_MAX_EXPORT_REJECT_RATE", 0.01),
+        max_order_reject_rate=_share(env, "LEXER_MAX_ORDER_REJECT_RATE", 0.05),
         min_profile_coverage=_share(env, "LEXER_MIN_PROFILE_COVERAGE", 1.0),
         max_sync_failure_rate=_share(env, "LEXER_MAX_SYNC_FAILURE_RATE", 0.01),
         verify_sample=_int(env, "LEXER_VERIFY_SAMPLE", 200),

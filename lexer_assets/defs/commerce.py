@@ -56,6 +56,16 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     wh = warehouse.get()
     with wh.transaction(tables=[ORDERS.name, ORDER_REJECTS.name]) as conn:
         report = load_orders(conn, files, shift_days=shift)
+        rate = report.rejected / report.lines if report.lines else 0.0
+        if rate > pipeline.max_order_reject_rate:
+            # Raising inside the transaction rolls it back: the previous orders (and profiles) stay as they were.
+            examples = conn.sql("SELECT source_file, source_line, reason FROM commerce.order_rejects "
+                                "ORDER BY source_file, source_line LIMIT 5").fetchall()
+            where = "; ".join(f"{Path(f).name}:{line}: {reason}" for f, line, reason in examples)
+            raise dg.Failure(
+                f"{report.rejected:,} of {report.lines:,} order lines ({rate:.1%}) were rejected, more than "
+                f"LEXER_MAX_ORDER_REJECT_RATE={pipeline.max_order_reject_rate:.1%}; the previous orders were kept. "
+                f"First rejects: {where}")
         preview = preview_markdown(conn, "SELECT * FROM commerce.orders ORDER BY order_date DESC, order_id")
     wh.publish([ORDERS.name, ORDER_REJECTS.name])
     if report.rejected:

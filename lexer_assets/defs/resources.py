@@ -139,6 +139,7 @@ class PipelineResource(dg.ConfigurableResource):
     new_customer_days: int = 30
     active_days: int = 90
     lapsing_days: int = 180
+    max_order_reject_rate: float = 0.05
 
     def today(self) -> dt.date:
         return dt.date.fromisoformat(self.as_of) if self.as_of else dt.datetime.now(dt.UTC).date()
@@ -205,5 +206,6 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             export_timeout_seconds=settings.export_timeout_seconds,
             new_customer_days=settings.new_customer_days, active_days=settings.active_days,
             lapsing_days=settings.lapsing_days,
+            max_order_reject_rate=settings.automation.max_order_reject_rate,
         ),
     }
