@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,7 +121,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     cmd = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(repo / "workspace.yaml"),
            "-p", str(args.port), "-h", args.host]
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={home})", flush=True)
-    return subprocess.call(cmd, env=env, cwd=repo)
+    os.chdir(repo)
+    os.execve(cmd[0], cmd, env)  # become `dagster dev`, so Ctrl-C and SIGTERM reach it and its children
+    return 0
 
 
 def cmd_emulator_serve(args: argparse.Namespace) -> int:
@@ -280,8 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lexer_assets.audiences.spec import AudienceError
+    from lexer_assets.braze.client import BrazeError
+
     try:
         return int(args.func(args) or 0)
+    except (AudienceError, BrazeError) as exc:  # a clear message, not a traceback; never holds a secret
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0

@@ -142,8 +142,13 @@ class _ProgressHandler(logging.Handler):
         elif kind == "STEP_SUCCESS":
             _out(f"  ok {step.replace('__', '/')}")
         elif kind == "STEP_FAILURE":
-            err = event.step_failure_data.error if event.step_failure_data else None
-            _out(f"  FAILED {step.replace('__', '/')}: {err.message.strip() if err else meta.get('orig_message')}")
+            data = event.step_failure_data
+            err = data.error if data else None
+            while err is not None and err.cause is not None:  # Dagster wraps the asset's own error: show that
+                err = err.cause
+            user = data.user_failure_data.description if data and data.user_failure_data else None
+            text = user or (err.message.strip() if err else meta.get("orig_message"))
+            _out(f"  FAILED {step.replace('__', '/')}: {text}")
 
 
 @dg.logger

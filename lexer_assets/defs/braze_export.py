@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from lexer_assets.braze.client import BrazeError
 from lexer_assets.braze.export_landing import copy_export, wait_for_export
 from lexer_assets.braze.export_load import load_export
 from lexer_assets.defs.policies import (
@@ -36,7 +37,10 @@ def export_request(context: dg.AssetExecutionContext, braze: BrazeResource,
     Records Braze's `object_prefix`, which names the export's folder in the bucket, in
     `braze.export_requests`. Braze answers at once; the files arrive later (see braze/segment_export).
     """
-    answer = braze.client().export_segment(braze.export_segment_id, braze.export_fields)
+    try:
+        answer = braze.client().export_segment(braze.export_segment_id, braze.export_fields)
+    except BrazeError as exc:  # the message names the cause (wrong key, missing permission), never the key
+        raise dg.Failure(description=f"Braze refused the export request: {exc}") from None
     object_prefix = answer["object_prefix"]
     wh = warehouse.get()
     with wh.transaction(tables=[EXPORT_REQUESTS.name]) as conn:
