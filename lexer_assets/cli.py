@@ -49,6 +49,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     conn = _open_store(settings)
     if conn is None:
         return 1
+    # Read the store, nothing else: no COPY ... TO files, no reading arbitrary files through SQL.
+    conn.execute("SET enable_external_access = false")
     try:
         rel = conn.sql(args.sql)
         if rel is None:
