@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lexer_assets.demo import run_demo
 
     return run_demo(_settings(), orders_file=Path(args.orders) if args.orders else None,
-                    customers=args.customers, seed=args.seed, reset=args.reset)
+                    customers=args.customers, seed=args.seed, reset=args.reset, approve_sync=args.approve_sync)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -209,6 +209,10 @@ def cmd_audiences_backfill(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dates must be YYYY-MM-DD: {exc}", file=sys.stderr)
         return 2
+    if last > settings.today():
+        print(f"the range ends after today ({settings.today()}): audiences cannot be computed for future days",
+              file=sys.stderr)
+        return 2
     if last < first or first < settings.partitions_start:
         print(f"the range must run forwards from on or after LEXER_PARTITIONS_START ({settings.partitions_start})",
               file=sys.stderr)
@@ -221,8 +225,9 @@ def cmd_audiences_backfill(args: argparse.Namespace) -> int:
     for event in result.all_events:
         if event.is_step_failure:
             print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
-    done = sorted(e.step_key for e in result.all_events if e.is_step_success)
-    print(f"backfill {first}...{last} (run {result.run_id}): {len(done)} audience(s) computed")
+    done = sorted(e.step_key for e in result.all_events if e.is_step_success and e.step_key.startswith("audiences__"))
+    days = (last - first).days + 1
+    print(f"backfill {first}...{last} (run {result.run_id}): {len(done)} audience(s) x {days} day(s) computed")
     return 0 if result.success else 1
 
 
@@ -235,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=20_000, help="synthetic population size")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--reset", action="store_true", help="start from a clean local state")
+    demo.add_argument("--approve-sync", action="store_true",
+                      help="approve a sync the safety guard blocked (run tag lexer/approve_sync=true)")
     demo.set_defaults(func=cmd_demo)
 
     query = sub.add_parser("query", help="run SQL read-only on the profile store")

@@ -27,6 +27,7 @@ from lexer_assets.defs.commerce import IMPORT_MANIFEST
 from lexer_assets.population import braze_users_for_customers, synthetic_population, write_orders_csv
 from lexer_assets.settings import LOCAL_EMULATOR_KEY, Settings
 from lexer_assets.storage.warehouse import Warehouse
+from lexer_assets.sync.sync_guard import APPROVE_TAG
 
 DEMO_MARKER = "demo-inputs.json"
 DEFAULT_CUSTOMERS = 20_000
@@ -137,6 +138,11 @@ class _ProgressHandler(logging.Handler):
                 _out(f"    {meta.get('orig_message', record.getMessage())}")
             return
         kind = event.event_type_value
+        if kind == "ASSET_CHECK_EVALUATION":
+            check = event.event_specific_data
+            if check is not None and not check.passed:
+                _out(f"  CHECK FAILED {check.asset_key.to_user_string()} {check.check_name}: {check.description}")
+            return
         if kind == "STEP_START":
             _out(f"  > {step.replace('__', '/')}")
         elif kind == "STEP_SUCCESS":
@@ -203,7 +209,7 @@ def release_dead_runs(instance: dg.DagsterInstance, say: Callable[[str], None] =
 
 
 def run_loop(settings: Settings, *, partition_key: str | None = None, instance: dg.DagsterInstance | None = None,
-             quiet: bool = False) -> dg.ExecuteInProcessResult:
+             quiet: bool = False, approve_sync: bool = False) -> dg.ExecuteInProcessResult:
     """Materialise the main job (every asset; today's audience partitions) in this process."""
     from lexer_assets.definitions import MAIN_JOB, build_definitions
 
@@ -213,7 +219,8 @@ def run_loop(settings: Settings, *, partition_key: str | None = None, instance: 
         partition_key=partition_key or settings.today().isoformat(),
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
-        tags={DEMO_TAG: "lexer-assets", PID_TAG: str(os.getpid())},
+        tags={DEMO_TAG: "lexer-assets", PID_TAG: str(os.getpid()),
+              **({APPROVE_TAG: "true"} if approve_sync else {})},
         # Only a run config that names the logger makes the job use the definitions' console logger.
         run_config=None if quiet else {"loggers": {"console": {}}},
     )
@@ -242,17 +249,19 @@ def summary_table(settings: Settings, run_id: str) -> str:
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, *, orders_file: Path | None, customers: int, seed: int, reset: bool) -> int:
+def run_demo(settings: Settings, *, orders_file: Path | None, customers: int, seed: int, reset: bool,
+             approve_sync: bool = False) -> int:
     started = time.monotonic()
     _out(f"lexer-assets demo: LEXER_HOME={settings.home}")
     prepare_inputs(settings, orders_file=orders_file, customers=customers, seed=seed, reset=reset)
     _out(f"Running job on partition {settings.today().isoformat()}:")
     instance = local_instance(settings)
     release_dead_runs(instance)
-    result = run_loop(settings, instance=instance)
+    result = run_loop(settings, instance=instance, approve_sync=approve_sync)
     _out("")
     if not result.success:
-        _out("The run failed (see the FAILED lines above). Nothing was lost: fix the cause and run again.")
+        _out("The run failed (see the FAILED lines above). Nothing was lost: fix the cause and run again"
+             " (a sync the guard blocked on purpose: `lexer-assets demo --approve-sync`).")
         return 1
     _out(summary_table(settings, result.run_id))
     _out("")

@@ -81,7 +81,7 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
             raise dg.Failure(description=f"audience {audience.name!r} was not computed: {exc}") from None
         wh.publish([AUDIENCE_HISTORY.name])
         for s in stats[-10:]:  # a long backfill: the last days are enough in the log, all are in metadata
-            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size} members (+{s.entered} / "
+            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size:,} members (+{s.entered:,} / "
                              f"-{s.exited}); export {s.object_prefix or 'none'} ({s.export_note}); "
                              f"profiles {s.profiles_source}")
         if len(stats) == 1:
@@ -122,5 +122,6 @@ def backfill_audiences(settings: Settings, first: dt.date, last: dt.date, names:
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
     return merged.resolve_job_def("audiences_backfill").execute_in_process(
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the CLI prints a summary
         tags={"dagster/asset_partition_range_start": first.isoformat(),
               "dagster/asset_partition_range_end": last.isoformat()})

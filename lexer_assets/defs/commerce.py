@@ -59,9 +59,11 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         rate = report.rejected / report.lines if report.lines else 0.0
         if rate > pipeline.max_order_reject_rate:
             # Raising inside the transaction rolls it back: the previous orders (and profiles) stay as they were.
-            examples = conn.sql("SELECT source_file, source_line, reason FROM commerce.order_rejects "
-                                "ORDER BY source_file, source_line LIMIT 5").fetchall()
-            where = "; ".join(f"{Path(f).name}:{line}: {reason}" for f, line, reason in examples)
+            # One line per reason (a file in an unknown format gives one reason for every line).
+            examples = conn.sql("SELECT any_value(source_file ORDER BY source_file, source_line), min(source_line),"
+                                " reason, count(*) FROM commerce.order_rejects GROUP BY reason"
+                                " ORDER BY count(*) DESC LIMIT 3").fetchall()
+            where = "; ".join(f"{Path(f).name}:{line}: {reason} ({n:,} line(s))" for f, line, reason, n in examples)
             raise dg.Failure(
                 f"{report.rejected:,} of {report.lines:,} order lines ({rate:.1%}) were rejected, more than "
                 f"LEXER_MAX_ORDER_REJECT_RATE={pipeline.max_order_reject_rate:.1%}; the previous orders were kept. "

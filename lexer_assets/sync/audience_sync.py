@@ -151,6 +151,12 @@ def _bootstrap_known_state(conn: duckdb.DuckDBPyConnection, attribute: str, shar
     )
 
 
+def _today() -> dt.date:
+    """The latest day the sync may target: a partition computed for a later day (a mistyped backfill) never
+    reaches Braze."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAudience], shard: Shard = ALL
                   ) -> tuple[list[ValuePolicy], list[AudienceSyncLine]]:
     """TEMP table sync_desired(customer_id, value) from each activated audience's newest partition.
@@ -175,7 +181,8 @@ def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAud
                 policies.append(ValuePolicy(aud.name, aud.priority, removable=False))
             continue  # otherwise not a policy: its values, if Braze holds them, are retired and removed
         newest = conn.execute(
-            "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ?", [aud.slug]
+            "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date <= ?",
+            [aud.slug, _today()]
         ).fetchall()[0][0]
         # An audience with no partition yet is unknown, not empty: never remove its value.
         policies.append(ValuePolicy(aud.name, aud.priority,
