@@ -3,6 +3,7 @@ in plain Python from the test's own inputs; the emulator's request journal shows
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import math
@@ -167,6 +168,16 @@ def test_audience_computed_empty_is_empty_not_unknown(world: World) -> None:
     report = world.sync([VIP], run_id="r3", guard=GuardLimits(), approved=True)
     assert (report.diff.removes, report.done) == (30, 30)
     assert world.braze() == {}
+
+
+def test_a_day_after_today_never_reaches_braze(world: World) -> None:
+    """A partition computed for a future day (a mistyped backfill) is ignored: the sync targets today at most."""
+    set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:20])
+    world.sync([VIP], run_id="r1")
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    set_members(world.wh, "vip", "VIP", tomorrow, CUSTOMERS[:5])
+    assert world.sync([VIP], run_id="r2").diff.customers == 0
+    assert world.braze() == {c: ["VIP"] for c in CUSTOMERS[:20]}
 
 
 def test_frozen_audience_is_neither_added_nor_removed(world: World) -> None:
