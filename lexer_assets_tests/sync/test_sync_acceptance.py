@@ -180,6 +180,21 @@ def test_a_day_after_today_never_reaches_braze(world: World) -> None:
     assert world.braze() == {c: ["VIP"] for c in CUSTOMERS[:20]}
 
 
+def test_retired_maintain_audience_is_cleaned_and_append_one_left(world: World) -> None:
+    """Issue 6: deactivating (or deleting) an audience removes its value from Braze when it is `maintain`, and
+    leaves it when it is `append`; the run's report says which happened."""
+    keep = SyncedAudience("keep", "Keep", True, list_action="append", priority=3)
+    set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:10])
+    set_members(world.wh, "keep", "Keep", DAY1, CUSTOMERS[5:15])
+    world.sync([VIP, keep], run_id="r1")
+    retired = [SyncedAudience("vip", "VIP", False), SyncedAudience("keep", "Keep", False, list_action="append")]
+    report = world.sync(retired, run_id="r2")
+    assert world.braze() == {c: ["Keep"] for c in CUSTOMERS[5:15]}
+    lines = {line.audience_name: line for line in report.audiences}
+    assert lines["VIP"].removes == 10
+    assert "Keep" not in lines or lines["Keep"].removes == 0
+
+
 def test_frozen_audience_is_neither_added_nor_removed(world: World) -> None:
     set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:5])
     world.sync([VIP], run_id="r1")
