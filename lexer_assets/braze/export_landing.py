@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +128,3 @@ def copy_export(store: ObjectStore, landed: LandedExport, raw_root: Path) -> lis
         copied.append(dest)
     return copied
 
-
-def raw_export_files(raw_root: Path, relative_paths: Sequence[str]) -> list[Path]:
-    return [safe_join(raw_root, p) for p in relative_paths]

@@ -15,21 +15,11 @@ from lexer_assets.braze.export_files import (
     detect_format,
     iter_ndjson_members,
 )
+from lexer_assets_tests.braze.archives import write_gzip, write_zip
 
 LINES_A = b'{"external_id": "a1"}\n{"external_id": "a2"}\n'
 LINES_B = b'{"external_id": "b1"}\n'
 
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
-
-
-def write_gzip(path: Path, data: bytes) -> Path:
-    path.write_bytes(gzip.compress(data))
-    return path
 
 
 def read_all(path: Path, **limits: float) -> list[tuple[str, bytes]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import os
 import zipfile
@@ -24,6 +23,7 @@ from lexer_assets.braze.export_load import (
     load_export,
 )
 from lexer_assets.storage.warehouse import ensure_tables
+from lexer_assets_tests.braze.archives import write_gzip, write_zip
 
 SHARED = Path(os.environ.get("LEXER_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
 SAMPLE_EXPORT = (SHARED / "data" / "braze-export-sample" / "bucket" / "segment-export"
@@ -42,17 +42,6 @@ def conn(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def ndjson(users: list[Any]) -> bytes:
     return b"".join(json.dumps(u, ensure_ascii=False).encode() + b"\n" for u in users)
 
-
-def write_zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
-
-
-def write_gz(path: Path, data: bytes) -> Path:
-    path.write_bytes(gzip.compress(data))
-    return path
 
 
 def load(conn: duckdb.DuckDBPyConnection, files: list[Path], tmp_path: Path, prefix: str = "exp-1", **kw: Any):
@@ -132,7 +121,7 @@ def test_shared_sample_export_values_checked_by_hand(conn: duckdb.DuckDBPyConnec
 def test_two_member_zip_gzip_named_zip_and_plain_ndjson(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     two = write_zip(tmp_path / "a.zip", {"m1.json": ndjson([{"external_id": "1"}, {"external_id": "2"}]),
                                          "m2.json": ndjson([{"external_id": "3"}])})
-    fake_zip = write_gz(tmp_path / "b.zip", ndjson([{"external_id": "4"}]))
+    fake_zip = write_gzip(tmp_path / "b.zip", ndjson([{"external_id": "4"}]))
     plain = tmp_path / "c.json"
     plain.write_bytes(ndjson([{"external_id": "5"}, {"external_id": "6"}]))
     report = load(conn, [two, fake_zip, plain], tmp_path)
@@ -151,7 +140,7 @@ def test_export_of_1001_files(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -
         users = [{"external_id": f"f{i}-u{j}", "braze_id": f"b{i}-{j}"} for j in range(2)]
         maker = write_zip if i % 2 else None
         path = folder / f"{i:032x}.{'zip' if maker else 'gz'}"
-        files.append(write_zip(path, {f"{i:032x}.json": ndjson(users)}) if maker else write_gz(path, ndjson(users)))
+        files.append(write_zip(path, {f"{i:032x}.json": ndjson(users)}) if maker else write_gzip(path, ndjson(users)))
     report = load(conn, files, tmp_path)
     assert (report.files, report.members, report.lines, report.loaded) == (1001, 1001, 2002, 2002)
     assert rows(conn, "SELECT count(DISTINCT export_file), min(customer_id), max(export_line) FROM braze.users") == [
@@ -159,7 +148,7 @@ def test_export_of_1001_files(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -
 
 
 def test_empty_export_replaces_previous_users(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    first = write_gz(tmp_path / "x.gz", ndjson([{"external_id": "1"}]))
+    first = write_gzip(tmp_path / "x.gz", ndjson([{"external_id": "1"}]))
     load(conn, [first], tmp_path, prefix="old")
     report = load(conn, [], tmp_path, prefix="new")
     assert (report.files, report.lines, report.loaded, report.rejected) == (0, 0, 0, 0)
@@ -186,8 +175,8 @@ def test_schema_is_ours_not_inferred(conn: duckdb.DuckDBPyConnection, tmp_path: 
     # Hundreds of sparse custom-attribute keys, each set for one user only.
     file3 = [{"external_id": f"s{k}", "custom_attributes": {f"sparse_{k}": k if k % 2 else f"v{k}"}}
              for k in range(400)]
-    files = [write_zip(tmp_path / "1.zip", {"1.json": ndjson(file1)}), write_gz(tmp_path / "2.gz", ndjson(file2)),
-             write_gz(tmp_path / "3.gz", ndjson(file3))]
+    files = [write_zip(tmp_path / "1.zip", {"1.json": ndjson(file1)}), write_gzip(tmp_path / "2.gz", ndjson(file2)),
+             write_gzip(tmp_path / "3.gz", ndjson(file3))]
     report = load(conn, files, tmp_path)
     assert (report.loaded, report.rejected) == (150 + 3 + 400, 0)
 
@@ -226,8 +215,8 @@ def test_duplicates_collapse_by_the_documented_rule(conn: duckdb.DuckDBPyConnect
         {"user_aliases": {"alias_name": "n", "alias_label": "l"}, "first_name": "alias one"},
         {"user_aliases": [{"alias_name": "n", "alias_label": "l"}], "first_name": "alias two"},
     ]
-    file_a = write_gz(tmp_path / "a.gz", ndjson(lines))
-    file_b = write_gz(tmp_path / "b.gz", ndjson([{"external_id": "e2", "first_name": "other file"}]))
+    file_a = write_gzip(tmp_path / "a.gz", ndjson(lines))
+    file_b = write_gzip(tmp_path / "b.gz", ndjson([{"external_id": "e2", "first_name": "other file"}]))
     report = load(conn, [file_a, file_b], tmp_path)
     # e1: latest created_at wins; e2: three copies, the one in the later file wins; x3: same braze_id, the
     # dated row beats the undated one; alias-only: the later line wins.
@@ -278,7 +267,7 @@ def test_line_longer_than_a_read_chunk_is_rejected_and_the_next_line_loads(
         conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     padding = os.urandom(10 * 1024 * 1024).hex().encode()  # 20 MiB that gzip cannot shrink much
     huge = b'{"external_id": "huge", "pad": "' + padding + b'"}'
-    path = write_gz(tmp_path / "h.gz", b'{"external_id": "before"}\n' + huge + b'\n{"external_id": "after"}')
+    path = write_gzip(tmp_path / "h.gz", b'{"external_id": "before"}\n' + huge + b'\n{"external_id": "after"}')
     report = load(conn, [path], tmp_path)
     assert rows(conn, "SELECT export_line, reason, length(raw_line) FROM braze.export_rejects") == [
         (2, REJECT_TOO_LONG, 1000)]
@@ -291,11 +280,11 @@ def test_line_longer_than_a_read_chunk_is_rejected_and_the_next_line_loads(
 
 def test_reload_changes_nothing_and_keeps_other_exports_rejects(conn: duckdb.DuckDBPyConnection,
                                                                  tmp_path: Path) -> None:
-    older = write_gz(tmp_path / "old.gz", b"not json\n")
+    older = write_gzip(tmp_path / "old.gz", b"not json\n")
     load(conn, [older], tmp_path, prefix="older")
     files = [write_zip(tmp_path / "n.zip", {"n.json": ndjson([{"external_id": "1"}, {"external_id": "1"}])
                                             + b"oops\n"}),
-             write_gz(tmp_path / "m.gz", ndjson([{"braze_id": "z", "custom_attributes": {"a": 1}}]))]
+             write_gzip(tmp_path / "m.gz", ndjson([{"braze_id": "z", "custom_attributes": {"a": 1}}]))]
     first = load(conn, files, tmp_path, prefix="newer")
     snapshot = (rows(conn, "SELECT * FROM braze.users ORDER BY customer_id"),
                 rows(conn, "SELECT * FROM braze.export_rejects ORDER BY object_prefix, export_file, export_line"))
@@ -310,11 +299,11 @@ def test_reload_changes_nothing_and_keeps_other_exports_rejects(conn: duckdb.Duc
 
 def test_unsafe_zip_refuses_the_load_and_caller_transaction_keeps_old_data(
         conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    load(conn, [write_gz(tmp_path / "good.gz", ndjson([{"external_id": "kept"}]))], tmp_path)
+    load(conn, [write_gzip(tmp_path / "good.gz", ndjson([{"external_id": "kept"}]))], tmp_path)
     evil = write_zip(tmp_path / "evil.zip", {"../../x.json": ndjson([{"external_id": "x"}])})
     conn.execute("BEGIN TRANSACTION")
     with pytest.raises(ExportFileError, match=r"evil\.zip!\.\./\.\./x\.json"):
-        load(conn, [write_gz(tmp_path / "fine.gz", ndjson([{"external_id": "new"}])), evil], tmp_path)
+        load(conn, [write_gzip(tmp_path / "fine.gz", ndjson([{"external_id": "new"}])), evil], tmp_path)
     conn.execute("ROLLBACK")
     assert rows(conn, "SELECT customer_id FROM braze.users") == [("kept",)]
 
@@ -332,8 +321,8 @@ def test_same_names_in_different_folders_and_repeated_zip_members(conn: duckdb.D
                                                                    tmp_path: Path) -> None:
     (tmp_path / "d1").mkdir()
     (tmp_path / "d2").mkdir()
-    one = write_gz(tmp_path / "d1" / "same.gz", ndjson([{"external_id": "1"}]))
-    two = write_gz(tmp_path / "d2" / "same.gz", ndjson([{"external_id": "2"}]))
+    one = write_gzip(tmp_path / "d1" / "same.gz", ndjson([{"external_id": "1"}]))
+    two = write_gzip(tmp_path / "d2" / "same.gz", ndjson([{"external_id": "2"}]))
     twice = tmp_path / "twice.zip"
     with zipfile.ZipFile(twice, "w") as archive:
         archive.writestr("u.json", ndjson([{"external_id": "3"}]))
@@ -350,12 +339,12 @@ def test_zip_bomb_refuses_the_load(conn: duckdb.DuckDBPyConnection, tmp_path: Pa
     with pytest.raises(ExportFileError, match=r"bomb\.zip!bomb\.json.*max_ratio"):
         load(conn, [bomb], tmp_path)
     with pytest.raises(ExportFileError, match=r"max_member_bytes"):
-        load(conn, [write_gz(tmp_path / "big.gz", ndjson([{"external_id": "x" * 5000}]))], tmp_path,
+        load(conn, [write_gzip(tmp_path / "big.gz", ndjson([{"external_id": "x" * 5000}]))], tmp_path,
              max_member_bytes=1000)
 
 
 def test_work_dir_is_left_clean(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    path = write_gz(tmp_path / "r.gz", b"bad line\n" + ndjson([{"external_id": "1"}]))
+    path = write_gzip(tmp_path / "r.gz", b"bad line\n" + ndjson([{"external_id": "1"}]))
     report = load(conn, [path], tmp_path)
     assert (report.loaded, report.rejected) == (1, 1)
     work = tmp_path / "work"
@@ -367,7 +356,7 @@ def test_blank_lines_count_for_numbering_and_line_limit_is_inclusive(conn: duckd
     exact = b'{"external_id": "exact", "p": "' + b"q" * 50 + b'"}'
     over = b'{"external_id": "over!", "p": "' + b"q" * 51 + b'"}'
     content = b"\n\n" + b'{"external_id": "three"}' + b"\n\n\n" + exact + b"\n" + over + b"\n\n"
-    report = load(conn, [write_gz(tmp_path / "b.gz", content)], tmp_path, max_line_bytes=len(exact))
+    report = load(conn, [write_gzip(tmp_path / "b.gz", content)], tmp_path, max_line_bytes=len(exact))
     assert rows(conn, "SELECT customer_id, export_line FROM braze.users ORDER BY 2") == [("three", 3), ("exact", 6)]
     assert rows(conn, "SELECT export_line, reason FROM braze.export_rejects") == [(7, REJECT_TOO_LONG)]
     assert (report.lines, report.loaded, report.rejected) == (3, 2, 1)
@@ -376,7 +365,7 @@ def test_blank_lines_count_for_numbering_and_line_limit_is_inclusive(conn: duckd
 def test_created_at_does_not_depend_on_the_session_time_zone(conn: duckdb.DuckDBPyConnection,
                                                              tmp_path: Path) -> None:
     conn.execute("SET TimeZone = 'Australia/Melbourne'")
-    path = write_gz(tmp_path / "t.gz", ndjson([
+    path = write_gzip(tmp_path / "t.gz", ndjson([
         {"external_id": "utc", "created_at": "2021-03-04 09:12:45.118 UTC"},
         {"external_id": "z", "created_at": "2024-11-30T22:01:09.000Z"},
         {"external_id": "bad", "created_at": "yesterday"}]))
@@ -391,6 +380,6 @@ def test_duplicates_linked_through_both_ids(conn: duckdb.DuckDBPyConnection, tmp
              {"external_id": "1", "braze_id": "y", "created_at": "2022-01-01T00:00:00Z", "first_name": "B"},
              {"external_id": "2", "braze_id": "y", "created_at": "2019-01-01T00:00:00Z", "first_name": "C"},
              {"external_id": "3", "braze_id": "z", "first_name": "D"}]
-    report = load(conn, [write_gz(tmp_path / "c.gz", ndjson(lines))], tmp_path)
+    report = load(conn, [write_gzip(tmp_path / "c.gz", ndjson(lines))], tmp_path)
     assert rows(conn, "SELECT customer_id, first_name FROM braze.users ORDER BY 1") == [("1", "B"), ("3", "D")]
     assert (report.loaded, report.duplicates) == (2, 2)
