@@ -126,8 +126,7 @@ def _create_identity_totals(conn: duckdb.DuckDBPyConnection, *, as_of: date, nam
     conn.execute(
         f"""
 CREATE OR REPLACE TEMP TABLE {name} AS
-WITH {_IDENTITY_CTES},
-by_identity AS (
+WITH by_identity AS (
   SELECT customer_id AS order_customer_id, email AS order_email,
          count(*) AS orders,
          sum(units) AS units,
@@ -140,6 +139,22 @@ by_identity AS (
          max(order_date) FILTER (WHERE order_date <= {t}) AS fit_last_order_date
   FROM commerce.orders WHERE order_date <= {a}
   GROUP BY ALL
+),
+by_external AS (
+  SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL
+),
+-- Only the emails of identities that no external_id claims can attach by email, so the per-email tie-break
+-- runs over those users instead of every user (the same attachment as _IDENTITY_CTES, far fewer rows).
+fallback_emails AS (
+  SELECT DISTINCT b.order_email FROM by_identity b
+  ANTI JOIN by_external x ON x.external_id = b.order_customer_id
+  WHERE b.order_email IS NOT NULL
+),
+by_email AS (
+  SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
+         AS customer_id
+  FROM braze.users SEMI JOIN fallback_emails f ON f.order_email = email_normalized
+  GROUP BY email_normalized
 )
 SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, b.*
 FROM by_identity b
@@ -176,24 +191,24 @@ def _engagement_sql(as_of: date) -> str:
 
     JSON that is not a list of objects counts as empty (never an error); a campaign counts in the window when
     its ``last_received`` falls on one of the 90 days ending on as_of; a canvas by ``last_received_message``
-    (else ``last_received``, else ``last_entered``).
+    (else ``last_received``, else ``last_entered``). A campaign is "engaged" when any value of its
+    ``engaged`` object is true (Braze adds keys over time, so the keys are not fixed here).
     """
     a = _d(as_of)
     in_window = f"(CAST(x.ts AS DATE) > {a} - {ENGAGEMENT_WINDOW_DAYS} AND CAST(x.ts AS DATE) <= {a})"
-    campaign_type = '[{"last_received": "VARCHAR", "engaged": "MAP(VARCHAR, BOOLEAN)"}]'
+    # ``engaged`` stays JSON and each campaign's flags are read once into a small struct: cheaper than a
+    # MAP per campaign and than reading the map again in every count below.
+    campaign_type = '[{"last_received": "VARCHAR", "engaged": "JSON"}]'
     canvas_type = '[{"last_received_message": "VARCHAR", "last_received": "VARCHAR", "last_entered": "VARCHAR"}]'
     count_type = '[{"count": "BIGINT"}]'
     return f"""
 SELECT * EXCLUDE (camps, canvases),
   len(list_filter(camps, lambda x: {in_window}))
     + len(list_filter(canvases, lambda x: {in_window})) AS messages_received_90d,
-  len(list_filter(camps, lambda x: {in_window} AND coalesce(x.engaged['opened_email'], false))) AS email_opens_90d,
-  len(list_filter(camps, lambda x: {in_window} AND coalesce(x.engaged['clicked_email'], false)))
-    AS email_clicks_90d,
-  list_max(list_transform(
-    list_filter(camps, lambda x: coalesce(list_bool_or(map_values(x.engaged)), false)
-                                 AND CAST(x.ts AS DATE) <= {a}),
-    lambda x: x.ts)) AS last_engaged_at,
+  len(list_filter(camps, lambda x: {in_window} AND x.opened)) AS email_opens_90d,
+  len(list_filter(camps, lambda x: {in_window} AND x.clicked)) AS email_clicks_90d,
+  list_max(list_transform(list_filter(camps, lambda x: x.engaged AND CAST(x.ts AS DATE) <= {a}),
+                          lambda x: x.ts)) AS last_engaged_at,
   coalesce(list_sum(list_transform(from_json(purchases, '{count_type}'), lambda p: p.count)), 0)
     AS braze_purchase_count,
   coalesce(list_sum(list_transform(from_json(custom_events, '{count_type}'), lambda p: p.count)), 0)
@@ -201,7 +216,12 @@ SELECT * EXCLUDE (camps, canvases),
 FROM (
   SELECT *,
     coalesce(list_transform(from_json(campaigns_received, '{campaign_type}'),
-      lambda j: {{'ts': TRY_CAST(j.last_received AS TIMESTAMP), 'engaged': j.engaged}}), []) AS camps,
+      lambda j: {{'ts': TRY_CAST(j.last_received AS TIMESTAMP),
+                 'opened': coalesce(TRY_CAST(j.engaged ->> 'opened_email' AS BOOLEAN), false),
+                 'clicked': coalesce(TRY_CAST(j.engaged ->> 'clicked_email' AS BOOLEAN), false),
+                 'engaged': coalesce(list_bool_or(list_transform(json_extract(j.engaged, '$.*'),
+                                                                 lambda v: TRY_CAST(v AS BOOLEAN))), false)}}),
+      []) AS camps,
     coalesce(list_transform(from_json(canvases_received, '{canvas_type}'),
       lambda j: {{'ts': TRY_CAST(coalesce(j.last_received_message, j.last_received, j.last_entered)
                                  AS TIMESTAMP)}}), []) AS canvases

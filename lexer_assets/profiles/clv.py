@@ -96,7 +96,11 @@ slopes AS (
          CASE WHEN det > 1e-9 * sxx * szz THEN least(0, (sxx * szy - sxz * sxy) / det) ELSE 0 END AS c
   FROM (SELECT *, sxx * szz - sxz * sxz AS det FROM moments)
 ),
-levels AS (SELECT fc, any_value(yg) AS yg, any_value(xg) AS xg, any_value(zg) AS zg FROM centred GROUP BY fc),
+fitted AS (SELECT fc, any_value(yg) AS yg, any_value(xg) AS xg, any_value(zg) AS zg FROM centred GROUP BY fc),
+-- Every class gets its level here (borrowed from the nearest lower fitted class), over a handful of rows, so the
+-- per-customer lookup below is a plain equi-join rather than an ASOF join over every customer.
+levels AS (SELECT k.fc, f.yg, f.xg, f.zg
+           FROM range(0, {len(FREQUENCY_CLASSES) + 1}) k(fc) ASOF LEFT JOIN fitted f ON f.fc <= k.fc),
 pop AS (SELECT sum(revenue) / sum(orders) AS aov FROM st)
 SELECT {"s.* EXCLUDE (fc)" if keep_columns else "s.customer_id"},
        coalesce(
@@ -107,7 +111,7 @@ SELECT {"s.* EXCLUDE (fc)" if keep_columns else "s.customer_id"},
 FROM (SELECT *, {_class_sql("orders")} AS fc FROM st) s
 CROSS JOIN pop
 LEFT JOIN slopes ON true
-ASOF LEFT JOIN levels l ON l.fc <= s.fc
+LEFT JOIN levels l ON l.fc = s.fc
 """
 
 

@@ -176,7 +176,12 @@ def test_edge_cases(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
         {"customer_id": "braze:C", "braze_id": "C", "email_normalized": "c@x.com", "dob": date(2030, 1, 1),
          "country": " us ", "campaigns_received": {"not": "a list"}},
         {"customer_id": "D", "external_id": "D", "dob": date(2000, 2, 29), "country": "XX"},
-        {"customer_id": "E", "external_id": "E"},
+        {"customer_id": "E", "external_id": "E", "campaigns_received": [
+            # engaged through a key the profile has no column for: still engagement, not an email open
+            {"name": "push", "last_received": "2026-05-01T07:00:00Z", "engaged": {"opened_push": True}},
+            {"name": "odd", "last_received": "2026-06-01T07:00:00Z", "engaged": "yes"},  # not an object
+            {"name": "str", "last_received": "2026-06-02T07:00:00Z", "engaged": {"opened_email": "maybe"}},
+        ]},
     ])
     f = _orders_csv(tmp_path / "o.csv", [
         ("1", "A", "", "2026-06-20", 1, 10.0),
@@ -222,6 +227,8 @@ def test_edge_cases(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     assert (d["age"], d["country"], d["lifecycle_stage"]) == (26, None, "lapsed")  # 29 Feb 2000 -> 26 on 2026-06-30
     e = profile(conn, "E")
     assert (e["age"], e["age_band"], e["dob"]) == (None, "unknown", None)
+    assert (e["messages_received_90d"], e["email_opens_90d"], e["email_clicks_90d"]) == (3, 0, 0)
+    assert str(e["last_engaged_at"]) == "2026-05-01 07:00:00"  # only "push" has a true engaged value
 
 
 def _ages_on(conn: duckdb.DuckDBPyConnection, as_of: date) -> dict[str, tuple[int | None, str]]:
