@@ -133,6 +133,44 @@ def test_corrupt_files_are_refused_with_their_name(tmp_path: Path) -> None:
         read_all(tmp_path / "missing.zip")
 
 
+def _lines(n: int) -> bytes:
+    # Varied enough not to compress to nothing, so the member spans several of the reader's input chunks.
+    return b"".join(b'{"external_id": "u%d", "n": %d}\n' % (i, (i * 7919) % 100003) for i in range(n))
+
+
+def test_large_deflated_and_stored_members_read_back_byte_for_byte(tmp_path: Path) -> None:
+    big = _lines(200_000)
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("big.json", big, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("stored.json", LINES_A, compress_type=zipfile.ZIP_STORED)
+        archive.writestr("empty.json", b"", compress_type=zipfile.ZIP_DEFLATED)
+    assert zipfile.ZipFile(path).getinfo("big.json").compress_size > 1024**2  # more than one input chunk
+    got = [(label, data) for label, data in read_all(path)]
+    assert got == [("big.zip!big.json", big), ("big.zip!stored.json", LINES_A), ("big.zip!empty.json", b"")]
+
+
+def _patch(data: bytes, offset: int, new: bytes) -> bytes:
+    return data[:offset] + new + data[offset + len(new):]
+
+
+def test_wrong_crc_and_short_deflate_data_are_refused_with_the_member_name(tmp_path: Path) -> None:
+    data = write_zip(tmp_path / "src.zip", {"m.json": LINES_A * 500}).read_bytes()
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    bad_crc = tmp_path / "crc.zip"  # CRC-32 changed in both headers: only the data can tell
+    bad_crc.write_bytes(_patch(_patch(data, local + 14, b"\0\0\0\0"), central + 16, b"\0\0\0\0"))
+    with pytest.raises(ExportFileError, match=r"crc\.zip!m\.json: cannot be read.*CRC"):
+        read_all(bad_crc)
+    # The deflate stream cut in half, its bytes replaced by a stored empty block that never ends the
+    # stream: the directory still adds up, the data does not.
+    size = zipfile.ZipFile(bad_crc).getinfo("m.json").compress_size
+    start = local + 30 + len("m.json")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(_patch(data, start + size // 2, b"\x00\x00\x00\xff\xff" * ((size - size // 2) // 5)))
+    with pytest.raises(ExportFileError, match=r"cut\.zip!m\.json: cannot be read"):
+        read_all(cut)
+
+
 def test_decompress_export_writes_every_member_as_plain_ndjson(tmp_path: Path) -> None:
     z = write_zip(tmp_path / "one.zip", {"a.json": LINES_A, "sub/b.json": LINES_B})
     g = write_gzip(tmp_path / "two.gz", LINES_B)
