@@ -191,15 +191,17 @@ def _engagement_sql(as_of: date) -> str:
 
     JSON that is not a list of objects counts as empty (never an error); a campaign counts in the window when
     its ``last_received`` falls on one of the 90 days ending on as_of; a canvas by ``last_received_message``
-    (else ``last_received``, else ``last_entered``). A campaign is "engaged" when any value of its
+    (else ``last_received``, else ``last_entered``: the first that is a date). A campaign is "engaged" when any value of its
     ``engaged`` object is true (Braze adds keys over time, so the keys are not fixed here).
     """
     a = _d(as_of)
     in_window = f"(CAST(x.ts AS DATE) > {a} - {ENGAGEMENT_WINDOW_DAYS} AND CAST(x.ts AS DATE) <= {a})"
     # ``engaged`` stays JSON and each campaign's flags are read once into a small struct: cheaper than a
-    # MAP per campaign and than reading the map again in every count below.
-    campaign_type = '[{"last_received": "VARCHAR", "engaged": "JSON"}]'
-    canvas_type = '[{"last_received_message": "VARCHAR", "last_received": "VARCHAR", "last_entered": "VARCHAR"}]'
+    # MAP per campaign and than reading the map again in every count below. Dates are parsed by from_json
+    # itself (a value that is not a date becomes NULL, as TRY_CAST would make it).
+    campaign_type = '[{"last_received": "TIMESTAMP", "engaged": "JSON"}]'
+    canvas_type = ('[{"last_received_message": "TIMESTAMP", "last_received": "TIMESTAMP", '
+                   '"last_entered": "TIMESTAMP"}]')
     count_type = '[{"count": "BIGINT"}]'
     return f"""
 SELECT * EXCLUDE (camps, canvases),
@@ -216,15 +218,13 @@ SELECT * EXCLUDE (camps, canvases),
 FROM (
   SELECT *,
     coalesce(list_transform(from_json(campaigns_received, '{campaign_type}'),
-      lambda j: {{'ts': TRY_CAST(j.last_received AS TIMESTAMP),
+      lambda j: {{'ts': j.last_received,
                  'opened': coalesce(TRY_CAST(j.engaged ->> 'opened_email' AS BOOLEAN), false),
                  'clicked': coalesce(TRY_CAST(j.engaged ->> 'clicked_email' AS BOOLEAN), false),
-                 'engaged': coalesce(list_bool_or(list_transform(json_extract(j.engaged, '$.*'),
-                                                                 lambda v: TRY_CAST(v AS BOOLEAN))), false)}}),
+                 'engaged': coalesce(list_contains(json_extract_string(j.engaged, '$.*'), 'true'), false)}}),
       []) AS camps,
     coalesce(list_transform(from_json(canvases_received, '{canvas_type}'),
-      lambda j: {{'ts': TRY_CAST(coalesce(j.last_received_message, j.last_received, j.last_entered)
-                                 AS TIMESTAMP)}}), []) AS canvases
+      lambda j: {{'ts': coalesce(j.last_received_message, j.last_received, j.last_entered)}}), []) AS canvases
   FROM braze.users
 )
 """
