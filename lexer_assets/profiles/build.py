@@ -191,8 +191,8 @@ def _engagement_sql(as_of: date) -> str:
 
     JSON that is not a list of objects counts as empty (never an error); a campaign counts in the window when
     its ``last_received`` falls on one of the 90 days ending on as_of; a canvas by ``last_received_message``
-    (else ``last_received``, else ``last_entered``: the first that is a date). A campaign is "engaged" when any value of its
-    ``engaged`` object is true (Braze adds keys over time, so the keys are not fixed here).
+    (else ``last_received``, else ``last_entered``: the first that is a date). A campaign is "engaged" when
+    any value of its ``engaged`` object is true (Braze adds keys over time, so the keys are not fixed here).
     """
     a = _d(as_of)
     in_window = f"(CAST(x.ts AS DATE) > {a} - {ENGAGEMENT_WINDOW_DAYS} AND CAST(x.ts AS DATE) <= {a})"
