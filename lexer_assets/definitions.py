@@ -9,9 +9,9 @@ import warnings
 
 import dagster as dg
 
-from lexer_assets.audiences.spec import load_audiences
+from lexer_assets.audiences.spec import AudienceError, parse_audiences
 from lexer_assets.defs import automation
-from lexer_assets.defs.audiences import audience_key, build_audience_asset
+from lexer_assets.defs.audiences import build_audience_asset, build_invalid_file_asset
 from lexer_assets.defs.braze_export import export_request, segment_export, users
 from lexer_assets.defs.braze_sync import build_sync_asset, build_sync_checks
 from lexer_assets.defs.checks import build_checks
@@ -28,10 +28,16 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinition] | None = None
                       ) -> dg.Definitions:
-    audiences = load_audiences(settings.audiences_file)
+    audiences, problems = parse_audiences(settings.audiences_file)
     daily = dg.DailyPartitionsDefinition(start_date=settings.partitions_start.isoformat(), end_offset=1)
-    audience_assets = [build_audience_asset(a, audiences, daily) for a in audiences]
-    sync = build_sync_asset([audience_key(a) for a in audiences])
+    if problems:
+        # A marketer's typo in the YAML must not take ingestion, profiles and the UI down with it: the location
+        # loads with a stand-in that fails with the problems, and the sync refuses to run (it re-reads the file).
+        audiences = []
+        audience_assets = [build_invalid_file_asset(AudienceError(problems))]
+    else:
+        audience_assets = [build_audience_asset(a, audiences, daily) for a in audiences]
+    sync = build_sync_asset([a.key for a in audience_assets])
     assets = automation.with_automation(
         [export_request, segment_export, users, orders, customer_profiles, *audience_assets, sync], settings)
     main_job = dg.define_asset_job(

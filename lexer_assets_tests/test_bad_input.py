@@ -145,3 +145,53 @@ def test_order_file_mostly_rejected_keeps_the_previous_orders(tmp_path: Path) ->
     assert "LEXER_MAX_ORDER_REJECT_RATE" in message and "orders.csv:1:" in message
     with wh.connect() as conn:
         assert conn.sql("SELECT count(*), sum(amount) FROM commerce.orders").fetchall()[0] == before
+
+
+def test_broken_audiences_file_keeps_the_pipeline_up_and_sends_nothing(tmp_path: Path,
+                                                                       audiences_file: Path) -> None:
+    settings = local_settings(tmp_path / "home", LEXER_AUDIENCES_FILE=str(audiences_file))
+    text = audiences_file.read_text()
+    audiences_file.write_text(text.replace("braze: false", "braze: true", 1))  # Braze holds values to lose
+    prepare_inputs(settings, orders_file=None, customers=300, seed=5, say=lambda _m: None)
+    assert run_loop(settings, quiet=True).success
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+
+    def sync_state() -> tuple[int, int]:
+        with wh.connect() as conn:
+            return (conn.sql("SELECT count(*) FROM sync.braze_attribute_state").fetchall()[0][0],
+                    conn.sql("SELECT count(*) FROM sync.braze_sync_log").fetchall()[0][0])
+
+    before = sync_state()
+    assert before[0] > 0
+
+    # A marketer leaves a bracket open on the file's last line.
+    good = audiences_file.read_text()
+    audiences_file.write_text(good + "- name: [Lapsed VIPs\n")
+    broken_line = len(good.splitlines()) + 1
+    result = run_loop(settings, quiet=True)  # the definitions load: the file is no longer fatal
+    assert not result.success
+    done = {e.step_key for e in result.all_events if e.is_step_success}
+    assert {"braze__users", "commerce__orders", "lexer__customer_profiles"} <= done
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failures] == ["audiences__audiences_file_invalid"]
+    message = failures[0].step_failure_data.user_failure_data.description
+    assert f"{audiences_file}:" in message and "not valid YAML" in message
+    line = int(message.split(f"{audiences_file}:")[1].split(":")[0])
+    assert broken_line - 1 <= line <= broken_line + 1  # YAML reports the bracket's line or the end of file
+    assert "braze__audience_sync" not in done
+
+    # Run on its own (as automation could), the sync refuses before touching Braze.
+    from lexer_assets.definitions import build_definitions
+
+    defs = build_definitions(settings)
+    job = dg.define_asset_job("sync_only", selection=dg.AssetSelection.assets(dg.AssetKey(["braze",
+                                                                                         "audience_sync"])))
+    merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
+    alone = merged.resolve_job_def("sync_only").execute_in_process(raise_on_error=False)
+    assert not alone.success
+    refusal = next(e for e in alone.all_events if e.is_step_failure)
+    assert "nothing sent" in refusal.step_failure_data.user_failure_data.description
+    assert sync_state() == before
+
+    audiences_file.write_text(good)
+    assert run_loop(settings, quiet=True).success

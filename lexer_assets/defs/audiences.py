@@ -102,6 +102,34 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
     return _audience
 
 
+INVALID_AUDIENCES_FILE = dg.AssetKey(["audiences", "audiences_file_invalid"])
+
+
+def build_invalid_file_asset(error: AudienceError) -> dg.AssetsDefinition:
+    """Stands in for the audiences while their file cannot be read (invalid YAML, a duplicate slug, ...).
+
+    The code location still loads, so exports, orders and profiles keep running and the UI stays up; this
+    asset sits where the audiences were, upstream of the sync, and fails with the file's problems (file and
+    line). The sync re-reads the file when it runs and refuses to send anything while it is broken.
+    """
+    problems = str(error)
+
+    @dg.asset(
+        key=INVALID_AUDIENCES_FILE,
+        deps=[customer_profiles],
+        group_name="audiences",
+        kinds={"yaml"},
+        description=("**The audiences file cannot be read, so no audience is defined and nothing is synced to "
+                     f"Braze.** Fix it (`lexer-assets audiences validate` shows every problem), then reload "
+                     f"the code location.\n\n```\n{problems}\n```"),
+    )
+    def audiences_file_invalid() -> None:
+        raise dg.Failure(description=f"the audiences file cannot be read; no audience was computed and the "
+                                     f"sync sends nothing until it is fixed:\n{problems}")
+
+    return audiences_file_invalid
+
+
 def backfill_audiences(settings: Settings, first: dt.date, last: dt.date, names: Sequence[str] = (), *,
                        instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
     """Materialise audience partitions ``first``..``last`` (inclusive) in one run, as a UI backfill does.

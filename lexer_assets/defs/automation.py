@@ -27,6 +27,7 @@ from pathlib import Path
 import dagster as dg
 
 from lexer_assets.braze.export_landing import segment_prefix
+from lexer_assets.defs.audiences import INVALID_AUDIENCES_FILE
 from lexer_assets.defs.commerce import order_files
 from lexer_assets.defs.resources import BrazeResource, BucketResource, PipelineResource
 from lexer_assets.settings import Settings
@@ -102,7 +103,7 @@ def freshness_policy(key: dg.AssetKey, settings: Settings) -> dg.FreshnessPolicy
 
 def automation_condition(key: dg.AssetKey) -> dg.AutomationCondition | None:
     """None for what the schedule and the landing sensors start; the chain rule for everything downstream."""
-    if key in (EXPORT_REQUEST, SEGMENT_EXPORT, ORDERS):
+    if key in (EXPORT_REQUEST, SEGMENT_EXPORT, ORDERS, INVALID_AUDIENCES_FILE):
         return None
     if key == PROFILES:
         return profiles_condition()

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import Field
 
-from lexer_assets.audiences.spec import Audience
+from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.braze.client import BrazeAuthError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, numeric_metadata
 from lexer_assets.defs.resources import BrazeResource, PipelineResource, SyncResource, WarehouseResource
@@ -84,6 +84,12 @@ def build_sync_asset(audience_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinitio
         of the rate limit. Every run ends with a report in `sync.braze_sync_reports` and a confirmation by
         email/webhook when configured.
         """
+        try:
+            audiences = synced_audiences(pipeline.audiences())
+        except AudienceError as exc:
+            # Without the file the desired state is unknown; syncing "no audiences" would empty every list.
+            raise dg.Failure(description=f"sync stopped, nothing sent: the audiences file cannot be read:\n"
+                                         f"{exc}") from None
         shard = Shard(config.shard, config.shards)
         wh = warehouse.get()
         client = None
@@ -102,7 +108,7 @@ def build_sync_asset(audience_keys: Sequence[dg.AssetKey]) -> dg.AssetsDefinitio
 
         try:
             report = run_sync(
-                wh, client, audiences=synced_audiences(pipeline.audiences()),
+                wh, client, audiences=audiences,
                 attribute=attribute, array_cap=braze.array_cap, batch_cap=braze.batch_cap,
                 run_id=context.run.run_id, dry_run=config.dry_run, log=context.log.info, shard=shard,
                 guard=GuardLimits(sync.max_drop_share, sync.max_removals),
