@@ -15,9 +15,25 @@ if TYPE_CHECKING:
     import duckdb
 
 
-def _settings() -> Settings:
+# Variables only the parts that talk to Braze or S3 need.
+_SERVICE_VARIABLES = ("BRAZE_", "LEXER_S3_", "AWS_")
+
+
+def _settings(*, local_only: bool = False) -> Settings:
+    """The settings, or exit naming the variable that is wrong.
+
+    ``local_only``: the command reads only local files (the analysts' store, the audiences file). Under
+    LEXER_PROFILE=prod it then works without the Braze and S3 variables: an analyst querying the store should
+    not have to hold the Braze key.
+    """
     try:
         return Settings.from_env()
+    except SettingsError as exc:
+        if not (local_only and os.environ.get("LEXER_PROFILE") == "prod"):
+            raise SystemExit(f"configuration error: {exc}") from None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_VARIABLES)}
+    try:
+        return Settings.from_env({**env, "LEXER_PROFILE": "local"})
     except SettingsError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
 
@@ -45,7 +61,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
 
-    settings = _settings()
+    settings = _settings(local_only=True)
     conn = _open_store(settings)
     if conn is None:
         return 1
@@ -143,7 +159,7 @@ def cmd_audiences_validate(args: argparse.Namespace) -> int:
     from lexer_assets.audiences.snapshots import PROFILE_COLUMNS
     from lexer_assets.audiences.spec import AudienceError, validate_all
 
-    settings = _settings()
+    settings = _settings(local_only=True)
     path = Path(args.file) if args.file else settings.audiences_file
     try:
         problems = validate_all(path, PROFILE_COLUMNS)
@@ -164,7 +180,7 @@ def cmd_audiences_preview(args: argparse.Namespace) -> int:
     from lexer_assets.audiences.spec import AudienceError, find_audience, load_audiences
     from lexer_assets.profiles.build import LifecycleThresholds
 
-    settings = _settings()
+    settings = _settings(local_only=True)
     try:
         audiences = load_audiences(settings.audiences_file)
         audience = find_audience(audiences, args.name)
