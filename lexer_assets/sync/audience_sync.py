@@ -95,6 +95,7 @@ class SyncReport:
     pending: int = 0
     rejected: int = 0
     parked: int = 0
+    absent: int = 0  # customers holding values who are not in the newest export: left as they are
     reconciled: int = 0
     status: str = "succeeded"
     guard: str = ""
@@ -151,6 +152,9 @@ def _bootstrap_known_state(conn: duckdb.DuckDBPyConnection, attribute: str, shar
     )
 
 
+CURRENT_USERS = "braze.users"  # the newest export: the customers the sync may touch
+
+
 def _today() -> dt.date:
     """The latest day the sync may target: a partition computed for a later day (a mistyped backfill) never
     reaches Braze."""
@@ -192,7 +196,8 @@ def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAud
             continue
         conn.execute(
             "INSERT INTO sync_desired SELECT DISTINCT customer_id, ? FROM lexer.audience_membership"
-            f" WHERE audience_slug = ? AND snapshot_date = ? AND {shard.sql()}", [aud.name, aud.slug, newest])
+            f" WHERE audience_slug = ? AND snapshot_date = ? AND {shard.sql()}"
+            f" AND customer_id IN (SELECT customer_id FROM {CURRENT_USERS})", [aud.name, aud.slug, newest])
         members = conn.execute(
             "SELECT count(DISTINCT customer_id) FROM lexer.audience_membership"
             " WHERE audience_slug = ? AND snapshot_date = ?", [aud.slug, newest]).fetchall()[0][0]
@@ -224,9 +229,16 @@ def plan_sync(conn: duckdb.DuckDBPyConnection, *, audiences: Sequence[SyncedAudi
     diff_excluded) and the report's counts per audience. Writes nothing but the first-sync bootstrap."""
     _bootstrap_known_state(conn, attribute, shard)
     policies, lines = desired_state(conn, audiences, shard)
+    # Only customers in the newest export are synced (desired_state keeps to them too). One missing from it (a
+    # line the export load rejected, a file that came empty) is unknown, not "in no audience": removing their
+    # values would let a broken export wipe them; they are synced again when an export has them.
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE sync_known AS SELECT customer_id, value FROM sync.braze_attribute_state"
-        f" WHERE attribute = ? AND {shard.sql()}", [attribute])
+        f" WHERE attribute = ? AND {shard.sql()} AND customer_id IN (SELECT customer_id FROM {CURRENT_USERS})",
+        [attribute])
+    absent = conn.execute(
+        f"SELECT count(DISTINCT customer_id) FROM sync.braze_attribute_state WHERE attribute = ? AND {shard.sql()}"
+        f" AND customer_id NOT IN (SELECT customer_id FROM {CURRENT_USERS})", [attribute]).fetchall()[0][0]
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sync_parked AS
@@ -252,7 +264,7 @@ def plan_sync(conn: duckdb.DuckDBPyConnection, *, audiences: Sequence[SyncedAudi
         line.held_back = counts.held_back.get(line.audience_name, 0)
     parked = conn.sql("SELECT count(*) FROM diff_excluded").fetchall()[0][0]
     return SyncReport(run_id, dry_run, counts, shard="all" if shard.whole else f"{shard.index + 1}/{shard.count}",
-                      audiences=lines, objects=counts.customers, parked=int(parked),
+                      audiences=lines, objects=counts.customers, parked=int(parked), absent=int(absent),
                       requests_estimate=_ceil_div(counts.customers, batch_cap))
 
 
@@ -325,6 +337,9 @@ def run_sync(
             planned.reconciled = reconciled
             planned.started_at = started
             report = planned
+            if report.absent:
+                log(f"sync: {report.absent:,} customer(s) holding values are not in the newest export (a "
+                    "rejected line, a missing file, deleted in Braze): left as they are until an export has them")
             verdict = check_guard(conn, report, guard) if guard is not None else None
             blocked = verdict is not None and verdict.blocked
             if verdict is not None:

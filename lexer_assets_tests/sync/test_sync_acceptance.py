@@ -18,16 +18,19 @@ from lexer_assets.sync.audience_sync import SyncedAudience
 from lexer_assets.sync.notifications import NotifyConfig, notify
 from lexer_assets.sync.sharding import Shard, shard_of
 from lexer_assets.sync.sync_guard import GuardLimits, SyncBlocked
-from lexer_assets_tests.sync.world import ATTR, DAY1, DAY2, World, set_members
+from lexer_assets_tests.sync.world import ATTR, DAY1, DAY2, World, load_hub_users, set_members
 
 CUSTOMERS = [f"c{i:03d}" for i in range(200)]
 VIP = SyncedAudience("vip", "VIP", True, priority=1)
 LAPSED = SyncedAudience("lapsed", "Lapsed", True, priority=2)
 
 
+HELD = {"c000": ["VIP"], "c001": ["Old campaign"]}
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path, CUSTOMERS, held={"c000": ["VIP"], "c001": ["Old campaign"]})
+    w = World(tmp_path, CUSTOMERS, held=HELD)
     yield w
     w.close()
 
@@ -96,7 +99,9 @@ def test_cap_with_priorities_reports_held_back(world: World) -> None:
 
 
 def test_refused_objects_are_retried_then_parked_and_transient_ones_finish_next_run(world: World) -> None:
-    ghosts = ["ghost1", "ghost2"]  # in the hub, not in Braze: refused with _update_existing_only
+    # In the newest export, deleted from Braze since: Braze refuses them (_update_existing_only).
+    ghosts = ["ghost1", "ghost2"]
+    load_hub_users(world.wh, CUSTOMERS + ghosts, HELD)
     set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:20] + ghosts)
     world.configure(fault_5xx_rate=1.0)  # every request fails: nothing confirmed, all stay unconfirmed
     report = world.sync([VIP], client=world.client(max_retries=0), run_id="r1")
@@ -275,3 +280,25 @@ def test_confirmation_email_received_by_a_local_smtp_server(world: World) -> Non
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_customers_missing_from_the_newest_export_are_left_as_they_are(world: World) -> None:
+    vip = set(CUSTOMERS[:40])
+    set_members(world.wh, "vip", "VIP", DAY1, vip)
+    world.sync([VIP], run_id="r1")
+    assert world.braze() == {c: ["VIP"] for c in vip}  # c001's retired value went in the same object
+    sent_before = len(world.objects())
+    # The next export lost ten VIPs (say their lines were rejected) and the audience, computed on it, too.
+    missing = CUSTOMERS[:10]
+    load_hub_users(world.wh, [c for c in CUSTOMERS if c not in missing], {c: ["VIP"] for c in vip})
+    set_members(world.wh, "vip", "VIP", DAY2, vip - set(missing) | {"c100"})
+    report = world.sync([VIP], run_id="r2")
+    assert report.absent == 10
+    assert (report.diff.adds, report.diff.removes) == (1, 0)  # c100 joins; nobody is removed
+    assert world.braze() == {c: ["VIP"] for c in vip | {"c100"}}  # the ten keep VIP
+    assert len(world.objects()) - sent_before == 1
+    # Back in an export and still out of the audience: now they are removed.
+    load_hub_users(world.wh, CUSTOMERS, {c: ["VIP"] for c in vip | {"c100"}})
+    report = world.sync([VIP], run_id="r3")
+    assert (report.absent, report.diff.removes, report.diff.adds) == (0, 10, 0)
+    assert world.braze() == {c: ["VIP"] for c in vip - set(missing) | {"c100"}}
