@@ -192,7 +192,9 @@ def _engagement_sql(as_of: date) -> str:
     JSON that is not a list of objects counts as empty (never an error); a campaign counts in the window when
     its ``last_received`` falls on one of the 90 days ending on as_of; a canvas by ``last_received_message``
     (else ``last_received``, else ``last_entered``: the first that is a date). A campaign is "engaged" when
-    any value of its ``engaged`` object is true (Braze adds keys over time, so the keys are not fixed here).
+    any value of its ``engaged`` object is JSON ``true`` (Braze adds keys over time, so the keys are not fixed
+    here); an open or a click needs ``opened_email`` / ``clicked_email`` to be JSON ``true``. Anything else
+    ("yes", 1, an ``engaged`` that is not an object) counts as no engagement, the same in every column.
     """
     a = _d(as_of)
     in_window = f"(CAST(x.ts AS DATE) > {a} - {ENGAGEMENT_WINDOW_DAYS} AND CAST(x.ts AS DATE) <= {a})"
@@ -219,9 +221,9 @@ FROM (
   SELECT *,
     coalesce(list_transform(from_json(campaigns_received, '{campaign_type}'),
       lambda j: {{'ts': j.last_received,
-                 'opened': coalesce(TRY_CAST(j.engaged ->> 'opened_email' AS BOOLEAN), false),
-                 'clicked': coalesce(TRY_CAST(j.engaged ->> 'clicked_email' AS BOOLEAN), false),
-                 'engaged': coalesce(list_contains(json_extract_string(j.engaged, '$.*'), 'true'), false)}}),
+                 'opened': coalesce(json_extract(j.engaged, '$.opened_email')::VARCHAR = 'true', false),
+                 'clicked': coalesce(json_extract(j.engaged, '$.clicked_email')::VARCHAR = 'true', false),
+                 'engaged': coalesce(list_contains(json_extract(j.engaged, '$.*')::VARCHAR[], 'true'), false)}}),
       []) AS camps,
     coalesce(list_transform(from_json(canvases_received, '{canvas_type}'),
       lambda j: {{'ts': coalesce(j.last_received_message, j.last_received, j.last_entered)}}), []) AS canvases

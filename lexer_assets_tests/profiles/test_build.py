@@ -181,6 +181,10 @@ def test_edge_cases(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
             {"name": "push", "last_received": "2026-05-01T07:00:00Z", "engaged": {"opened_push": True}},
             {"name": "odd", "last_received": "2026-06-01T07:00:00Z", "engaged": "yes"},  # not an object
             {"name": "str", "last_received": "2026-06-02T07:00:00Z", "engaged": {"opened_email": "maybe"}},
+            # not JSON true: neither an open or click nor engagement, in every column alike
+            {"name": "yes", "last_received": "2026-06-03T07:00:00Z", "engaged": {"opened_email": "yes"}},
+            {"name": "one", "last_received": "2026-06-04T07:00:00Z", "engaged": {"clicked_email": 1}},
+            {"name": "text", "last_received": "2026-06-05T07:00:00Z", "engaged": {"opened_email": "true"}},
         ]},
     ])
     f = _orders_csv(tmp_path / "o.csv", [
@@ -227,7 +231,7 @@ def test_edge_cases(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     assert (d["age"], d["country"], d["lifecycle_stage"]) == (26, None, "lapsed")  # 29 Feb 2000 -> 26 on 2026-06-30
     e = profile(conn, "E")
     assert (e["age"], e["age_band"], e["dob"]) == (None, "unknown", None)
-    assert (e["messages_received_90d"], e["email_opens_90d"], e["email_clicks_90d"]) == (3, 0, 0)
+    assert (e["messages_received_90d"], e["email_opens_90d"], e["email_clicks_90d"]) == (6, 0, 0)
     assert str(e["last_engaged_at"]) == "2026-05-01 07:00:00"  # only "push" has a true engaged value
 
 
