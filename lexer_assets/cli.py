@@ -217,7 +217,7 @@ def cmd_audiences_backfill(args: argparse.Namespace) -> int:
 
     from lexer_assets.audiences.spec import AudienceError
     from lexer_assets.defs.audiences import backfill_audiences
-    from lexer_assets.demo import local_instance
+    from lexer_assets.demo import failure_text, local_instance
 
     settings = _settings()
     try:
@@ -240,7 +240,8 @@ def cmd_audiences_backfill(args: argparse.Namespace) -> int:
         return 1
     for event in result.all_events:
         if event.is_step_failure:
-            print(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", file=sys.stderr)
+            print(f"FAILED {event.step_key.replace('__', '/')}: {failure_text(event.step_failure_data)}",
+                  file=sys.stderr)
     done = sorted(e.step_key for e in result.all_events if e.is_step_success and e.step_key.startswith("audiences__"))
     days = (last - first).days + 1
     print(f"backfill {first}...{last} (run {result.run_id}): {len(done)} audience(s) x {days} day(s) computed")

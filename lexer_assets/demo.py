@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -28,6 +29,9 @@ from lexer_assets.population import braze_users_for_customers, synthetic_populat
 from lexer_assets.settings import LOCAL_EMULATOR_KEY, Settings
 from lexer_assets.storage.warehouse import Warehouse
 from lexer_assets.sync.sync_guard import APPROVE_TAG
+
+if TYPE_CHECKING:
+    from dagster._core.execution.plan.objects import StepFailureData
 
 DEMO_MARKER = "demo-inputs.json"
 DEFAULT_CUSTOMERS = 20_000
@@ -148,13 +152,21 @@ class _ProgressHandler(logging.Handler):
         elif kind == "STEP_SUCCESS":
             _out(f"  ok {step.replace('__', '/')}")
         elif kind == "STEP_FAILURE":
-            data = event.step_failure_data
-            err = data.error if data else None
-            while err is not None and err.cause is not None:  # Dagster wraps the asset's own error: show that
-                err = err.cause
-            user = data.user_failure_data.description if data and data.user_failure_data else None
-            text = user or (err.message.strip() if err else meta.get("orig_message"))
+            text = failure_text(event.step_failure_data) or meta.get("orig_message")
             _out(f"  FAILED {step.replace('__', '/')}: {text}")
+
+
+def failure_text(data: StepFailureData | None) -> str | None:
+    """What a failed step says: the asset's own Failure description, else its innermost error (Dagster wraps
+    the asset's error in its own)."""
+    if data is None:
+        return None
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    err = data.error
+    while err is not None and err.cause is not None:
+        err = err.cause
+    return err.message.strip() if err is not None else None
 
 
 @dg.logger

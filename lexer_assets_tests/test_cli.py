@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,29 @@ def test_query_cannot_write_or_read_files(store_home: Path, tmp_path: Path, monk
     assert main(["query", "DELETE FROM commerce.orders"]) == 1  # the store is opened read-only
     assert main(["query", "SELECT count(*) FROM commerce.orders"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].strip() == "1"
+
+
+def test_backfill_prints_each_failure_on_one_line(tmp_path: Path) -> None:
+    from lexer_assets.demo import prepare_inputs, run_loop
+    from lexer_assets_tests.test_bad_input import BROKEN_AUDIENCE
+
+    home = tmp_path / "home"
+    audiences = home / "audiences.yaml"
+    audiences.parent.mkdir(parents=True)
+    shutil.copyfile(COMMITTED_AUDIENCES, audiences)
+    settings = local_settings(home, LEXER_AUDIENCES_FILE=str(audiences))
+    prepare_inputs(settings, orders_file=None, customers=200, seed=5, say=lambda _m: None)
+    assert run_loop(settings, quiet=True).success
+    audiences.write_text(audiences.read_text() + BROKEN_AUDIENCE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEXER_", "BRAZE_", "AWS_"))}
+    day = settings.today().isoformat()
+    # As a user runs it: a process of its own, so Dagster's console logging reaches the output as it would.
+    out = subprocess.run([sys.executable, "-c", "import sys; from lexer_assets.cli import main; "
+                          "sys.exit(main(sys.argv[1:]))", "audiences", "backfill", day, day],
+                         env={**env, "LEXER_HOME": str(home), "LEXER_AUDIENCES_FILE": str(audiences)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    failed = [line for line in out.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith("FAILED audiences/broken_spenders:") and "revnue" in failed[0]
+    assert "Stack Trace" not in out.stderr + out.stdout and "Traceback" not in out.stderr + out.stdout
+    assert "audience(s) x 1 day(s) computed" in out.stdout

@@ -150,6 +150,7 @@ def backfill_audiences(settings: Settings, first: dt.date, last: dt.date, names:
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[job]))
     return merged.resolve_job_def("audiences_backfill").execute_in_process(
         instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the CLI prints a summary
+        # The CLI prints a summary and each failure in one line: Dagster's console log would add stack traces.
+        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         tags={"dagster/asset_partition_range_start": first.isoformat(),
               "dagster/asset_partition_range_end": last.isoformat()})
