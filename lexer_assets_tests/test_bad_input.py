@@ -66,6 +66,34 @@ def test_malformed_export_line_is_rejected_and_the_rest_loads(tmp_path: Path) ->
     assert "json" in reason.lower()
 
 
+def test_corrupt_export_file_names_the_export_and_keeps_the_users_loaded_before(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path / "home")
+    root = settings.bucket.local_root
+    assert root is not None
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+    population = synthetic_population(40, seed=4, end_date=dt.date(2026, 11, 30)).braze_users
+    prefixes = ["0f0e0d0c-0000-4000-8000-00000000000a-1764547200", "0f0e0d0c-0000-4000-8000-00000000000b-1764633600"]
+    for day, prefix in zip((1, 2), prefixes, strict=True):
+        files = write_braze_export(population, root, segment_id=settings.braze.export_segment_id,
+                                   export_date=dt.date(2026, 12, day), object_prefix=prefix, users_per_file=20)
+        with wh.transaction() as conn:
+            conn.execute("INSERT INTO braze.export_requests VALUES (?, ?, now()::TIMESTAMP, [], 'zip')",
+                         [prefix, settings.braze.export_segment_id])
+        if day == 1:
+            assert dg.materialize([segment_export, users], resources=resources_for(settings)).success
+        else:  # the second export's last file is cut short
+            files[-1].write_bytes(files[-1].read_bytes()[:-40])
+    with wh.connect() as conn:
+        before = conn.sql("SELECT count(*) FROM braze.users").fetchall()[0][0]
+    result = dg.materialize([segment_export, users], resources=resources_for(settings), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description
+    assert f"export {prefixes[1]} was not loaded" in message and files[-1].name in message
+    with wh.connect() as conn:
+        assert conn.sql("SELECT count(*), min(object_prefix) FROM braze.users").fetchall()[0] == (before, prefixes[0])
+
+
 def test_unknown_column_stops_only_that_audience(tmp_path: Path, audiences_file: Path) -> None:
     with audiences_file.open("a") as fh:
         fh.write(BROKEN_AUDIENCE)

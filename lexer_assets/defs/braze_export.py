@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from lexer_assets.braze.client import BrazeError
+from lexer_assets.braze.export_files import ExportFileError
 from lexer_assets.braze.export_landing import copy_export, wait_for_export
 from lexer_assets.braze.export_load import load_export
 from lexer_assets.defs.policies import (
@@ -135,7 +136,14 @@ def users(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     work_dir = home / "tmp" / f"load-{context.run.run_id}"
     try:
         with wh.transaction(tables=[BRAZE_USERS.name, EXPORT_REJECTS.name]) as conn:
-            report = load_export(conn, [home / p for p in raw], object_prefix=object_prefix, work_dir=work_dir)
+            try:
+                report = load_export(conn, [home / p for p in raw], object_prefix=object_prefix,
+                                     work_dir=work_dir)
+            except ExportFileError as exc:
+                # The file's name alone does not say which export; the raw copies are kept per export.
+                folder = (home / raw[0]).parent if raw else home
+                raise dg.Failure(description=f"export {object_prefix} was not loaded (the users loaded before "
+                                             f"are kept): {exc} (raw copy in {folder})") from None
             count = conn.execute("SELECT count(*) FROM braze.users").fetchall()[0][0]
             preview = preview_markdown(conn, "SELECT customer_id, email, country, created_at, email_subscribe, "
                                              "total_revenue FROM braze.users ORDER BY customer_id")
