@@ -91,12 +91,17 @@ def profile_coverage(conn: duckdb.DuckDBPyConnection, min_coverage: float) -> Ch
 
 def sync_failure_rate(conn: duckdb.DuckDBPyConnection, max_rate: float, run_id: str | None = None
                       ) -> CheckOutcome:
-    """Share of the sync run's changes Braze did not take (failed, rejected, unconfirmed, parked)."""
+    """Share of the sync run's changes Braze did not take (failed, rejected, unconfirmed, parked).
+
+    A run that sent nothing is judged by the newest run that did, and the text says so."""
+    prefix = ""
     if run_id is None or not _one(conn, "SELECT count(*) FROM sync.braze_sync_log WHERE run_id = ?", [run_id])[0]:
         newest = conn.execute("SELECT run_id FROM sync.braze_sync_log GROUP BY 1 ORDER BY max(queued_at) DESC "
                               "LIMIT 1").fetchall()
         if not newest:
             return CheckOutcome(True, "no change has been sent to Braze yet", {"changes": 0, "rate": 0.0})
+        if run_id is not None:
+            prefix = f"this run sent no change; the newest run that did ({newest[0][0][:8]}): "
         run_id = newest[0][0]
     placeholders = ", ".join("?" for _ in SYNC_FAILED_STATUSES)
     total, failed = _one(conn, f"SELECT count(*), count(*) FILTER (WHERE status IN ({placeholders})) "
@@ -105,7 +110,7 @@ def sync_failure_rate(conn: duckdb.DuckDBPyConnection, max_rate: float, run_id: 
     errors = conn.execute(f"SELECT coalesce(error, status), count(*) FROM sync.braze_sync_log WHERE run_id = ? "
                           f"AND status IN ({placeholders}) GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3",
                           [run_id, *SYNC_FAILED_STATUSES]).fetchall()
-    text = (f"{failed:,} of {total:,} change(s) not taken by Braze ({rate:.2%}; limit {max_rate:.2%})"
+    text = (f"{prefix}{failed:,} of {total:,} change(s) not taken by Braze ({rate:.2%}; limit {max_rate:.2%})"
             + (f"; top reasons: {', '.join(f'{e} ({n})' for e, n in errors)}" if errors else ""))
     return CheckOutcome(rate <= max_rate, text, {"run_id": run_id, "changes": int(total), "failed": int(failed),
                                                  "rate": float(rate), "max_rate": float(max_rate)})

@@ -100,6 +100,8 @@ def test_sync_failure_rate_of_the_run(conn: duckdb.DuckDBPyConnection) -> None:
     # a check run on its own (no sync in this run) judges the newest sync run
     alone = sync_failure_rate(conn, max_rate=0.05, run_id="a-run-without-changes")
     assert alone.metadata["run_id"] == "run-new"
+    assert alone.description.startswith("this run sent no change; the newest run that did (run-new): 2 of 100")
+    assert "this run" not in outcome.description
 
 
 def test_checks_are_attached_to_the_right_assets(tmp_path: Path) -> None:
