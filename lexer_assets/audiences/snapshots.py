@@ -305,14 +305,17 @@ def store_snapshot(conn: duckdb.DuckDBPyConnection, audience: Audience, audience
     if following is not None:
         kept = conn.execute("SELECT object_prefix FROM lexer.audience_history WHERE audience_slug = ? "
                             "AND snapshot_date = ?", [audience.slug, following]).fetchall()[0][0]
-        refresh_history(conn, audience, following, kept)
+        refresh_history(conn, audience, following, kept, recount_only=True)
     return SnapshotStats(stats.snapshot_date, stats.size, stats.entered, stats.exited, export.object_prefix,
                          export.export_date, export.note)
 
 
 def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt.date,
-                    object_prefix: str | None) -> SnapshotStats:
-    """Recount size/entered/exited of one stored day against the previous stored day."""
+                    object_prefix: str | None, *, recount_only: bool = False) -> SnapshotStats:
+    """Recount size/entered/exited of one stored day against the previous stored day.
+
+    ``recount_only``: the day's members were not recomputed (only the day before them was), so its
+    ``materialized_at`` stays when the members were computed."""
     previous = conn.execute(
         "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date < ?",
         [audience.slug, day]).fetchall()[0][0]
@@ -326,10 +329,13 @@ def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt
                (SELECT count(*) FROM (SELECT * FROM today EXCEPT SELECT * FROM before)),
                (SELECT count(*) FROM (SELECT * FROM before EXCEPT SELECT * FROM today))
         """, {"slug": audience.slug, "day": day, "previous": previous}).fetchall()[0]
+    computed_at = conn.execute(
+        "SELECT max(materialized_at) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date = ?",
+        [audience.slug, day]).fetchall()[0][0] if recount_only else None
     conn.execute("DELETE FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date = ?",
                  [audience.slug, day])
-    conn.execute("INSERT INTO lexer.audience_history VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                 [audience.slug, audience.name, day, size, entered, exited, object_prefix])
+    conn.execute("INSERT INTO lexer.audience_history VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, now()::TIMESTAMP))",
+                 [audience.slug, audience.name, day, size, entered, exited, object_prefix, computed_at])
     return SnapshotStats(day, int(size), int(entered), int(exited), object_prefix)
 
 

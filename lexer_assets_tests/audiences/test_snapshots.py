@@ -124,9 +124,17 @@ def test_history_is_right_after_an_out_of_order_backfill(tmp_path: Path) -> None
     d = [dt.date(2026, 5, day) for day in range(1, 7)]
     # Members by hand (orders in (day-2, day]): 1st {a}, 2nd {a}, 3rd {b}, 4th {b, c}, 5th {c, a}, 6th {a}.
     expected = {d[0]: {"a"}, d[1]: {"a"}, d[2]: {"b"}, d[3]: {"b", "c"}, d[4]: {"a", "c"}, d[5]: {"a"}}
+    def computed_at(day: dt.date) -> dt.datetime:
+        return conn.execute("SELECT materialized_at FROM lexer.audience_history WHERE audience_slug = 'recent' "
+                            "AND snapshot_date = ?", [day]).fetchall()[0][0]
+
+    stamps: dict[dt.date, dt.datetime] = {}
     for chunk in ([d[4], d[5]], [d[0]], [d[2], d[3]], [d[1]]):  # later days first, gaps filled afterwards
         materialize_days(conn, audiences[0], audiences, chunk, THRESHOLDS, home=tmp_path, cache_dir=None)
+        stamps |= {day: computed_at(day) for day in chunk}
     assert _members(conn, "recent") == expected
+    # Filling a gap recounts the next day's entered/exited, but that day's members were computed earlier.
+    assert {day: computed_at(day) for day in d} == stamps
     # entered/exited against the previous day, by hand from the sets above
     assert [h[:4] for h in _history(conn, "recent")] == [
         (d[0], 1, 1, 0), (d[1], 1, 0, 0), (d[2], 1, 1, 1), (d[3], 2, 1, 0), (d[4], 2, 1, 1), (d[5], 1, 0, 1)]
