@@ -29,8 +29,10 @@ Values
 Rejects
 -------
 A line goes to ``braze.export_rejects`` (file label, 1-based line number, reason, first 1,000 characters)
-with one of the reasons in :data:`REJECT_REASONS`; the load goes on. Blank lines (empty or only whitespace)
-are skipped silently and not counted. Line numbers count every line, blank ones included.
+with one of the reasons in :data:`REJECT_REASONS`; the load goes on. A file with no line at all (0 bytes, a
+zip without members, only empty members) is recorded there too, as line 0 with reason ``empty file``. Blank
+lines (empty or only whitespace) are skipped silently and not counted. Line numbers count every line, blank
+ones included.
 
 Duplicates
 ----------
@@ -78,8 +80,10 @@ REJECT_NOT_OBJECT = "not a JSON object"
 REJECT_NO_IDENTIFIER = "no identifier"
 REJECT_TOO_LONG = "line too long"
 REJECT_INVALID_UTF8 = "invalid UTF-8"
+REJECT_EMPTY_FILE = "empty file"  # a file holding no line at all (0 bytes, a zip without members): line 0
 REJECT_REASONS: tuple[str, ...] = (
     REJECT_INVALID_JSON, REJECT_NOT_OBJECT, REJECT_NO_IDENTIFIER, REJECT_TOO_LONG, REJECT_INVALID_UTF8,
+    REJECT_EMPTY_FILE,
 )
 RAW_LINE_CHARS = 1000
 
@@ -205,6 +209,7 @@ def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line
     member_seq = 0
     for path, file_label in zip(files, labels, strict=True):
         members = iter_ndjson_members(path, max_member_bytes=max_member_bytes, max_ratio=max_ratio)
+        file_bytes = 0
         for label, stream in members:
             label = file_label + label[len(path.name):]  # keep the disambiguated file label
             if label in member_order:
@@ -216,6 +221,7 @@ def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line
             carry = b""
             overlong: tuple[bytes, int] | None = None  # (prefix kept, bytes seen) of a line past the limit
             while chunk := stream.read(_READ_CHUNK):
+                file_bytes += len(chunk)
                 if overlong is not None:
                     cut = chunk.find(b"\n")
                     if cut < 0:
@@ -241,6 +247,9 @@ def _iter_line_batches(files: Sequence[Path], labels: Sequence[str], *, max_line
                 builder.add(member_seq, label, next_line, [overlong[0]], [REJECT_TOO_LONG], [overlong[1]])
             elif carry:
                 builder.add(member_seq, label, next_line, [carry])
+        if not file_bytes:
+            # Braze never writes a file without users: one that holds nothing is a fault to show, not skip.
+            builder.add(member_seq, file_label, 0, [b""], [REJECT_EMPTY_FILE], [0])
     if builder.batches:
         yield builder.take()
 

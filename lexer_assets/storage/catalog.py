@@ -119,7 +119,8 @@ EXPORT_REJECTS = Table(
         ("object_prefix", "VARCHAR", "Export the line belongs to."),
         ("export_file", "VARCHAR", "File (and zip member) holding the line."),
         ("export_line", "BIGINT", "1-based line number."),
-        ("reason", "VARCHAR", "Why it was rejected (invalid JSON, not an object, no identifier, too long)."),
+        ("reason", "VARCHAR", "Why it was rejected: invalid JSON, not a JSON object, no identifier, line too "
+         "long, invalid UTF-8, or empty file (a file with no line at all; export_line 0)."),
         ("raw_line", "VARCHAR", "The first 1,000 characters of the line."),
     ),
 )

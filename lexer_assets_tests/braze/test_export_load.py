@@ -15,6 +15,7 @@ import pytest
 
 from lexer_assets.braze.export_files import ExportFileError
 from lexer_assets.braze.export_load import (
+    REJECT_EMPTY_FILE,
     REJECT_INVALID_JSON,
     REJECT_INVALID_UTF8,
     REJECT_NO_IDENTIFIER,
@@ -155,8 +156,15 @@ def test_empty_export_replaces_previous_users(conn: duckdb.DuckDBPyConnection, t
     assert rows(conn, "SELECT count(*) FROM braze.users") == [(0,)]
     empty_zip = write_zip(tmp_path / "empty.zip", {})
     empty_member = write_zip(tmp_path / "empty-member.zip", {"m.json": b""})
-    report = load(conn, [empty_zip, empty_member], tmp_path, prefix="new")
-    assert (report.files, report.members, report.lines, report.loaded) == (2, 1, 0, 0)
+    zero_bytes = tmp_path / "zero.gz"
+    zero_bytes.write_bytes(b"")
+    report = load(conn, [empty_zip, empty_member, zero_bytes], tmp_path, prefix="new")
+    assert (report.files, report.members, report.loaded) == (3, 2, 0)
+    # Each file that held nothing is shown, not skipped: line 0, reason "empty file".
+    assert report.rejects_by_reason == {REJECT_EMPTY_FILE: 3}
+    assert rows(conn, "SELECT export_file, export_line, reason FROM braze.export_rejects WHERE object_prefix = 'new' "
+                "ORDER BY 1") == [("empty-member.zip", 0, REJECT_EMPTY_FILE), ("empty.zip", 0, REJECT_EMPTY_FILE),
+                                  ("zero.gz", 0, REJECT_EMPTY_FILE)]
 
 
 # ----------------------------------------------------------------------------------------------- schema drift
