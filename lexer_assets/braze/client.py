@@ -531,13 +531,16 @@ class BrazeClient:
 
     # ---- exports and segments ----------------------------------------------------------------------------
     async def _call(
-        self, http: httpx.AsyncClient, method: str, path: str, *, body: dict | None = None, params: dict | None = None
+        self, http: httpx.AsyncClient, method: str, path: str, *, body: dict | None = None, params: dict | None = None,
+        max_limited: int | None = 3,
     ) -> Any:
+        """One call to an endpoint other than /users/track. By default few 429 retries: refusing an export or a
+        segment listing is better reported than waited out. ``max_limited=None``: the client's full budget."""
         content = None if body is None else json.dumps(body).encode()
         try:
-            # Few 429 retries here: a refusal of these endpoints is better reported than waited out.
             response = await self._send(
-                http, method, path, content=content, params=params, limiter=self._other_limiter, max_limited=3
+                http, method, path, content=content, params=params, limiter=self._other_limiter,
+                max_limited=max_limited,
             )
         except _GaveUp as exc:
             raise BrazeError(f"{path} on {self.endpoint} failed: {exc}") from None
@@ -629,7 +632,8 @@ class BrazeClient:
 
             async def one(body: dict) -> list[dict]:
                 async with sem:
-                    answer = await self._call(http, "POST", "/users/export/ids", body=body)
+                    # Reads the sync must finish before planning (reconciliation, verify): wait 429s out.
+                    answer = await self._call(http, "POST", "/users/export/ids", body=body, max_limited=None)
                 if answer.get("invalid_user_ids"):
                     log.info("Braze did not find %d of the ids asked for", len(answer["invalid_user_ids"]))
                 return answer.get("users") or []

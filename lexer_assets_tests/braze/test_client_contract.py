@@ -327,6 +327,18 @@ def test_export_ids_batches_fifty_per_request(emulator: Emulator) -> None:
     assert len(emulator.requests("/users/export/ids")) == 3  # 121 ids -> 50, 50, 21
 
 
+def test_export_ids_waits_out_429s(emulator: Emulator) -> None:
+    # Reconciliation must read in-flight users back before a sync plans: a few 429s in a row are no reason to
+    # fail the run (export requests, by contrast, give up after 3). At 80% refusals, 4 or more in a row on one
+    # of the 3 requests is likely (1 - 0.59^3, about 80%).
+    emulator.configure(fault_429_rate=0.8, fault_seed=5)
+    wanted = [f"u{i}" for i in range(120)]
+    users = client(emulator, backoff_base_s=0.005, backoff_max_s=0.02, max_reset_wait_s=0.02).export_ids(
+        external_ids=wanted)
+    assert sorted(u["external_id"] for u in users) == sorted(wanted)
+    assert len(emulator.requests("/users/export/ids")) > 3
+
+
 def test_non_auth_errors_raise_brazeerror_without_the_key(emulator: Emulator) -> None:
     with pytest.raises(BrazeError, match="not found") as info:
         client(emulator).export_segment("no-such-segment", ["external_id"])
