@@ -268,11 +268,24 @@ def plan_sync(conn: duckdb.DuckDBPyConnection, *, audiences: Sequence[SyncedAudi
                       requests_estimate=_ceil_div(counts.customers, batch_cap))
 
 
-def check_guard(conn: duckdb.DuckDBPyConnection, report: SyncReport, limits: GuardLimits) -> GuardVerdict:
-    """The safety guard on a planned run (see sync_guard)."""
+def check_guard(conn: duckdb.DuckDBPyConnection, report: SyncReport, limits: GuardLimits,
+                audiences: Sequence[SyncedAudience] = ()) -> GuardVerdict:
+    """The safety guard on a planned run (see sync_guard). ``audiences``: the file's audiences, to tell a
+    renamed audience (same slug) from one that is gone."""
     sizes_now = {line.audience_name: line.members for line in report.audiences if line.snapshot_date is not None}
-    before = sizes_at_last_sync(conn, list(sizes_now))
-    return evaluate_guard(sizes_now=sizes_now, sizes_before=before, removals=report.diff.removes, limits=limits)
+    removed = [line.audience_name for line in report.audiences if line.snapshot_date is None and line.removes]
+    renamed: set[str] = set()
+    if removed:
+        live_slugs = {a.slug for a in audiences if a.activated}
+        renamed = {name for name, slug in conn.execute(
+            "SELECT DISTINCT audience_name, audience_slug FROM lexer.audience_history "
+            "WHERE audience_name IN (SELECT unnest(?::VARCHAR[]))", [removed]).fetchall() if slug in live_slugs}
+    gone = [name for name in removed if name not in renamed]
+    before = sizes_at_last_sync(conn, list(sizes_now) + gone)
+    retired = {name for name in gone if name in before}  # the hub synced it; stale export values are not
+    sizes_now.update({name: 0 for name in retired})
+    return evaluate_guard(sizes_now=sizes_now, sizes_before=before, removals=report.diff.removes, limits=limits,
+                          retired=retired)
 
 
 def preview_sync(warehouse: Warehouse, *, audiences: Sequence[SyncedAudience], attribute: str, array_cap: int,
@@ -283,7 +296,7 @@ def preview_sync(warehouse: Warehouse, *, audiences: Sequence[SyncedAudience], a
         report = plan_sync(conn, audiences=audiences, attribute=attribute, array_cap=array_cap,
                            batch_cap=batch_cap, run_id="preview", dry_run=True, shard=shard,
                            max_failed_runs=max_failed_runs)
-        verdict = check_guard(conn, report, limits) if limits is not None else None
+        verdict = check_guard(conn, report, limits, audiences) if limits is not None else None
         conn.execute("ROLLBACK")
         conn.execute("BEGIN TRANSACTION")  # the context manager commits an empty transaction
     return report, verdict
@@ -340,7 +353,7 @@ def run_sync(
             if report.absent:
                 log(f"sync: {report.absent:,} customer(s) holding values are not in the newest export (a "
                     "rejected line, a missing file, deleted in Braze): left as they are until an export has them")
-            verdict = check_guard(conn, report, guard) if guard is not None else None
+            verdict = check_guard(conn, report, guard, audiences) if guard is not None else None
             blocked = verdict is not None and verdict.blocked
             if verdict is not None:
                 report.guard = (verdict.explain() if not blocked else

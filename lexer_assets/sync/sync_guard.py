@@ -4,7 +4,11 @@ Two rules, both settings:
 
 - an activated audience whose newest partition is smaller than its size at the last completed sync by more
   than ``max_drop_share`` (default 0.5) blocks the sync;
-- a run that would remove more than ``max_removals`` values (all audiences together) blocks the sync.
+- a run that would remove more than ``max_removals`` values (all audiences together) blocks the sync;
+- an audience the hub has synced that is no longer activated (deleted from the file, disabled, its slug
+  changed) counts as dropped to 0 members, so removing it from Braze needs approval like any large drop. A
+  rename (same slug, new name) is not a drop, and values the hub never synced (stale ones found in the first
+  export) are cleaned without approval.
 
 A blocked sync sends nothing and changes nothing; it stays blocked until someone approves that run (the
 ``lexer/approve_sync=true`` run tag or the sync's ``approve`` config flag). The guard runs twice: as a blocking
@@ -14,7 +18,7 @@ bypass it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import duckdb
@@ -55,13 +59,21 @@ class SyncBlocked(Exception):
 
 
 def evaluate_guard(*, sizes_now: Mapping[str, int], sizes_before: Mapping[str, int], removals: int,
-                   limits: GuardLimits) -> GuardVerdict:
-    """Pure rule: which audiences dropped too much, and whether the removals exceed the limit."""
+                   limits: GuardLimits, retired: Collection[str] = ()) -> GuardVerdict:
+    """Pure rule: which audiences dropped too much, and whether the removals exceed the limit.
+
+    ``retired``: synced audiences no longer activated (their size now is 0)."""
     verdict = GuardVerdict(removals=removals)
     for name, now in sorted(sizes_now.items()):
         before = sizes_before.get(name)
         verdict.sizes[name] = (before, now)
         if before and before > 0 and (before - now) / before > limits.max_drop_share:
+            if name in retired:
+                verdict.problems.append(
+                    f"audience {name!r} had {before:,} members at the last sync and is no longer activated "
+                    "(deleted from the audiences file, disabled, or its slug changed): the run would remove it "
+                    "from Braze")
+                continue
             verdict.problems.append(
                 f"audience {name!r} dropped from {before:,} to {now:,} members since the last sync "
                 f"(-{(before - now) / before:.0%}, limit {limits.max_drop_share:.0%})")

@@ -302,3 +302,25 @@ def test_customers_missing_from_the_newest_export_are_left_as_they_are(world: Wo
     report = world.sync([VIP], run_id="r3")
     assert (report.absent, report.diff.removes, report.diff.adds) == (0, 10, 0)
     assert world.braze() == {c: ["VIP"] for c in vip - set(missing) | {"c100"}}
+
+
+def test_guard_blocks_removing_a_synced_audience_that_left_the_file(world: World) -> None:
+    guard = GuardLimits(max_drop_share=0.5, max_removals=50_000)
+    set_members(world.wh, "vip", "VIP", DAY1, CUSTOMERS[:30])
+    set_members(world.wh, "lapsed", "Lapsed", DAY1, CUSTOMERS[30:40])
+    # c001's "Old campaign" came with the first export and was never synced by the hub: cleaned, no approval.
+    first = world.sync([VIP, LAPSED], run_id="r1", guard=guard)
+    assert world.braze() == {c: ["VIP"] for c in CUSTOMERS[:30]} | {c: ["Lapsed"] for c in CUSTOMERS[30:40]}
+    assert first.guard.startswith("guard passed")
+    # Renamed (same slug, new name): the old name goes, the new one comes; no approval needed.
+    renamed = SyncedAudience("lapsed", "Lapsed customers", True, priority=2)
+    set_members(world.wh, "lapsed", "Lapsed customers", DAY2, CUSTOMERS[30:40])
+    world.sync([VIP, renamed], run_id="r2", guard=guard)
+    assert world.braze() == {c: ["VIP"] for c in CUSTOMERS[:30]} | {c: ["Lapsed customers"] for c in CUSTOMERS[30:40]}
+    # VIP deleted from the file (say by mistake): 30 removals is far under max_removals, yet the sync stops.
+    sent = len(world.objects())
+    with pytest.raises(SyncBlocked, match="'VIP' had 30 members at the last sync and is no longer activated"):
+        world.sync([renamed], run_id="r3", guard=guard)
+    assert len(world.objects()) == sent
+    world.sync([renamed], run_id="r4", guard=guard, approved=True)
+    assert world.braze() == {c: ["Lapsed customers"] for c in CUSTOMERS[30:40]}
