@@ -361,10 +361,15 @@ def parse_audiences(path: Path) -> tuple[list[Audience], list[AudienceProblem]]:
     try:
         document = loader.get_single_data()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        mark = problem_mark or context_mark
         line = mark.line + 1 if mark is not None else 1
         reason = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None))
                           if part) or str(exc)
+        if context_mark is not None and problem_mark is not None and context_mark.line < problem_mark.line:
+            # e.g. an unclosed bracket: YAML notices at a later line; the fix belongs where it was opened
+            line = context_mark.line + 1
+            reason += f" (noticed at line {problem_mark.line + 1})"
         return [], [AudienceProblem(file, line, None, None, f"not valid YAML: {reason}")]
     finally:
         loader.dispose()

@@ -62,7 +62,9 @@ def test_a_full_entry_is_read_with_defaults_and_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
-    ("- name: a\n  slug: [unclosed\n", 3, "not valid YAML"),
+    # an unclosed bracket: the line it was opened on, where YAML noticed it too
+    ("- name: a\n  slug: [unclosed\n", 2, "not valid YAML"),
+    ("- name: a\n  slug: [unclosed\n- name: b\n  slug: b\n", 2, "(noticed at line 3)"),
     ("", 1, "the file is empty; write [] for no audiences"),
     ("name: VIP\nslug: vip\n", 1, "must be a list of audiences"),
     ("- just a string\n", 1, "each audience must be a mapping"),
