@@ -79,15 +79,26 @@ def _d(value: date) -> str:
 # when several share it). Used by create_attributed_orders and by build_profiles, so both attach alike.
 # external_id needs no de-duplication: braze.users has one row per customer_id, which is the external_id
 # whenever there is one. Emails do repeat across users, hence the arg_min.
-_IDENTITY_CTES = """
+_BY_EXTERNAL = """
 by_external AS (
   SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL
-),
+)"""
+
+
+def _by_email(only_emails: str | None = None) -> str:
+    """The by_email CTE; ``only_emails``: a relation whose ``order_email`` column limits the tie-break to
+    those emails (the same answer for them, over far fewer users)."""
+    source = (f"braze.users SEMI JOIN {only_emails} f ON f.order_email = email_normalized" if only_emails
+              else "braze.users WHERE email_normalized IS NOT NULL")
+    return f"""
 by_email AS (
   SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
          AS customer_id
-  FROM braze.users WHERE email_normalized IS NOT NULL GROUP BY email_normalized
+  FROM {source} GROUP BY email_normalized
 )"""
+
+
+_IDENTITY_CTES = f"{_BY_EXTERNAL},{_by_email()}"
 
 
 def create_attributed_orders(conn: duckdb.DuckDBPyConnection, *, as_of: date,
@@ -140,22 +151,14 @@ WITH by_identity AS (
   FROM commerce.orders WHERE order_date <= {a}
   GROUP BY ALL
 ),
-by_external AS (
-  SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL
-),
+{_BY_EXTERNAL},
 -- Only the emails of identities that no external_id claims can attach by email, so the per-email tie-break
 -- runs over those users instead of every user (the same attachment as _IDENTITY_CTES, far fewer rows).
 fallback_emails AS (
   SELECT DISTINCT b.order_email FROM by_identity b
   ANTI JOIN by_external x ON x.external_id = b.order_customer_id
   WHERE b.order_email IS NOT NULL
-),
-by_email AS (
-  SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
-         AS customer_id
-  FROM braze.users SEMI JOIN fallback_emails f ON f.order_email = email_normalized
-  GROUP BY email_normalized
-)
+),{_by_email("fallback_emails")}
 SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, b.*
 FROM by_identity b
 LEFT JOIN by_external x ON x.external_id = b.order_customer_id
