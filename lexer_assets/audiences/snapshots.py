@@ -164,7 +164,9 @@ def attach_export(conn: duckdb.DuckDBPyConnection, choice: ExportChoice, *, home
     catalog = "export_" + hashlib.sha256(choice.object_prefix.encode()).hexdigest()[:12]
     conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {catalog}")
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.braze")
-    conn.execute(f"CREATE OR REPLACE VIEW {catalog}.braze.users AS SELECT * FROM read_parquet({_sql_path(parquet)})")
+    # A view has no rowid, and the profile build keys users by it: the file's row number stands in.
+    conn.execute(f"CREATE OR REPLACE VIEW {catalog}.braze.users AS SELECT * EXCLUDE (file_row_number), "
+                 f"file_row_number AS rowid FROM read_parquet({_sql_path(parquet)}, file_row_number = true)")
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.commerce")
     conn.execute(f'CREATE OR REPLACE VIEW {catalog}.commerce.orders AS SELECT * FROM "{hub}".commerce.orders')
     return DaySource(choice, catalog)

@@ -36,6 +36,10 @@ AGE_BANDS: tuple[tuple[int, str], ...] = (
 )
 MAX_PLAUSIBLE_AGE = 120  # older than this is a placeholder dob (1900-01-01 and the like): age unknown
 ENGAGEMENT_WINDOW_DAYS = 90
+# Orders are attached to a user's row (braze.users' rowid, stable inside the build's transaction) rather than to
+# its customer_id string: the per-customer sums and the join back to the users then run on an integer key.
+# A braze.users that is a view must expose a ``rowid`` column (see audiences.snapshots.attach_export).
+_ROW_KEY = "rowid"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
@@ -79,26 +83,30 @@ def _d(value: date) -> str:
 # when several share it). Used by create_attributed_orders and by build_profiles, so both attach alike.
 # external_id needs no de-duplication: braze.users has one row per customer_id, which is the external_id
 # whenever there is one. Emails do repeat across users, hence the arg_min.
-_BY_EXTERNAL = """
+def _by_external(key: str = "customer_id") -> str:
+    """The by_external CTE (external_id, customer_id): ``key`` is the user column it yields as customer_id
+    (``rowid`` for the profile build's integer row key)."""
+    return f"""
 by_external AS (
-  SELECT external_id, customer_id FROM braze.users WHERE external_id IS NOT NULL
+  SELECT external_id, {key} AS customer_id FROM braze.users WHERE external_id IS NOT NULL
 )"""
 
 
-def _by_email(only_emails: str | None = None) -> str:
-    """The by_email CTE; ``only_emails``: a relation whose ``order_email`` column limits the tie-break to
-    those emails (the same answer for them, over far fewer users)."""
+def _by_email(only_emails: str | None = None, key: str = "customer_id") -> str:
+    """The by_email CTE (email_normalized, customer_id); ``only_emails``: a relation whose ``order_email``
+    column limits the tie-break to those emails (the same answer for them, over far fewer users); ``key`` as
+    in ``_by_external``."""
     source = (f"braze.users SEMI JOIN {only_emails} f ON f.order_email = email_normalized" if only_emails
               else "braze.users WHERE email_normalized IS NOT NULL")
     return f"""
 by_email AS (
-  SELECT email_normalized, arg_min(customer_id, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
+  SELECT email_normalized, arg_min({key}, (coalesce(created_at, TIMESTAMP '9999-12-31'), customer_id))
          AS customer_id
   FROM {source} GROUP BY email_normalized
 )"""
 
 
-_IDENTITY_CTES = f"{_BY_EXTERNAL},{_by_email()}"
+_IDENTITY_CTES = f"{_by_external()},{_by_email()}"
 
 
 def create_attributed_orders(conn: duckdb.DuckDBPyConnection, *, as_of: date,
@@ -151,15 +159,15 @@ WITH by_identity AS (
   FROM commerce.orders WHERE order_date <= {a}
   GROUP BY ALL
 ),
-{_BY_EXTERNAL},
+{_by_external(_ROW_KEY)},
 -- Only the emails of identities that no external_id claims can attach by email, so the per-email tie-break
 -- runs over those users instead of every user (the same attachment as _IDENTITY_CTES, far fewer rows).
 fallback_emails AS (
   SELECT DISTINCT b.order_email FROM by_identity b
   ANTI JOIN by_external x ON x.external_id = b.order_customer_id
   WHERE b.order_email IS NOT NULL
-),{_by_email("fallback_emails")}
-SELECT coalesce(x.customer_id, e.customer_id) AS customer_id, b.*
+),{_by_email("fallback_emails", _ROW_KEY)}
+SELECT coalesce(x.customer_id, e.customer_id) AS user_row, b.*
 FROM by_identity b
 LEFT JOIN by_external x ON x.external_id = b.order_customer_id
 LEFT JOIN by_email e ON e.email_normalized = b.order_email
@@ -221,7 +229,7 @@ SELECT * EXCLUDE (camps, canvases),
   coalesce(list_sum(list_transform(from_json(custom_events, '{count_type}'), lambda p: p.count)), 0)
     AS braze_custom_event_count
 FROM (
-  SELECT *,
+  SELECT rowid AS user_row, *,
     coalesce(list_transform(from_json(campaigns_received, '{campaign_type}'),
       lambda j: {{'ts': j.last_received,
                  'opened': coalesce(json_extract(j.engaged, '$.opened_email')::VARCHAR = 'true', false),
@@ -296,7 +304,7 @@ def profiles_select_sql(*, as_of: date, thresholds: LifecycleThresholds, identit
                           for c in CUSTOMER_PROFILES.columns)
     return f"""
 WITH commerce AS (
-  SELECT customer_id,
+  SELECT user_row,
          sum(orders) AS orders,
          sum(units) AS units,
          sum(revenue)::DOUBLE AS revenue,
@@ -307,7 +315,7 @@ WITH commerce AS (
          coalesce(sum(revenue_last_365_days), 0)::DOUBLE AS revenue_last_horizon,
          sum(fit_orders) AS fit_orders,
          max(fit_last_order_date) AS fit_last_order_date
-  FROM {identity_totals} WHERE customer_id IS NOT NULL GROUP BY customer_id
+  FROM {identity_totals} WHERE user_row IS NOT NULL GROUP BY user_row
 ),
 {rfm.score_ctes_sql("commerce")},
 scored AS (
@@ -322,7 +330,7 @@ clv AS ({clv.clv_predictions_sql("scored", as_of, keep_columns=True)})
 SELECT
   {select}
 FROM ({_engagement_sql(as_of)}) u
-LEFT JOIN clv c ON c.customer_id = u.customer_id
+LEFT JOIN clv c ON c.user_row = u.user_row
 """
 
 
@@ -338,13 +346,13 @@ def build_profiles(conn: duckdb.DuckDBPyConnection, *, as_of: date,
     _check_name(target)
     totals = "_profile_identity_totals"
     _create_identity_totals(conn, as_of=as_of, name=totals)
-    kind = "TABLE" if "." in target else "TEMP TABLE"
     select = profiles_select_sql(as_of=as_of, thresholds=thresholds, identity_totals=totals)
     # Row order carries no meaning here; letting DuckDB write in any order lets it write in parallel.
     keep_order = conn.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     conn.execute("SET preserve_insertion_order = false")
     try:
-        conn.execute(f"CREATE OR REPLACE {kind} {target} AS {select}")
+        conn.execute(CUSTOMER_PROFILES.ddl(target, replace=True))
+        conn.execute(f"INSERT INTO {target} {select}")
     finally:
         conn.execute(f"SET preserve_insertion_order = {'true' if keep_order else 'false'}")
     customers, with_orders = conn.execute(
@@ -353,7 +361,7 @@ def build_profiles(conn: duckdb.DuckDBPyConnection, *, as_of: date,
     unmatched_orders, unmatched_ids = conn.execute(
         f"""SELECT coalesce(sum(orders), 0),
                    count(DISTINCT coalesce('id:' || order_customer_id, 'email:' || order_email))
-            FROM {totals} WHERE customer_id IS NULL"""
+            FROM {totals} WHERE user_row IS NULL"""
     ).fetchall()[0]
     conn.execute(f"DROP TABLE {totals}")
     return ProfileStats(customers=customers, with_orders=with_orders, without_orders=customers - with_orders,

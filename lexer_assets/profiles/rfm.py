@@ -81,14 +81,14 @@ def score_ctes_sql(source: str) -> str:
 
 
 def segment_sql(recency: str, frequency: str, monetary: str) -> str:
-    """SQL CASE expression naming the segment from the three score columns (NULL scores -> 'No purchases')."""
+    """SQL expression naming the segment from the three score columns (NULL scores -> 'No purchases').
+
+    The grid is a constant list indexed by (R - 1) * 5 + FM: one lookup per row instead of a 25-way CASE.
+    """
+    names = [SEGMENT_GRID[r][fm - 1] for r in range(1, 6) for fm in range(1, 6)]
+    grid = "[" + ", ".join("'" + n.replace("'", "''") + "'" for n in names) + "]"
     fm = f"(({frequency} + {monetary} + 1) // 2)"
-    whens = []
-    for r, row in SEGMENT_GRID.items():
-        for i, name in enumerate(row, start=1):
-            quoted = name.replace("'", "''")
-            whens.append(f"WHEN {recency} = {r} AND {fm} = {i} THEN '{quoted}'")
-    return "CASE " + " ".join(whens) + f" ELSE '{NO_PURCHASES}' END"
+    return f"coalesce({grid}[({recency} - 1) * 5 + {fm}], '{NO_PURCHASES}')"
 
 
 def markdown() -> str:
