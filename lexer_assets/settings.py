@@ -277,6 +277,8 @@ class Settings:
     active_days: int = 90
     lapsing_days: int = 180
     new_customer_days: int = 30
+    # days of member lists kept per audience, counted back from its newest day (sizes are kept forever)
+    membership_retention_days: int = 35
     sync: SyncSettings = field(default_factory=SyncSettings)
     automation: AutomationSettings = field(default_factory=lambda: AutomationSettings())
 
@@ -382,6 +384,7 @@ class Settings:
             active_days=_int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1),
             lapsing_days=_int(env, "LEXER_LAPSING_DAYS", 180, minimum=1),
             new_customer_days=_int(env, "LEXER_NEW_CUSTOMER_DAYS", 30, minimum=1),
+            membership_retention_days=_int(env, "LEXER_MEMBERSHIP_RETENTION_DAYS", 35, minimum=1),
             sync=_sync_settings(env),
             automation=_automation_settings(env),
         )

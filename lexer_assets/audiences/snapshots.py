@@ -20,6 +20,10 @@ A partition for day D is the membership as of D:
   day replaces it, never doubles it; a day with no members is a stored history row of size 0.
 * **History.** size / entered / exited of a day are counted against the previous *stored* day; storing a day
   also recounts the next stored day, so backfilling days out of order leaves every row right.
+* **Retention.** Member lists are the big table (customers x audiences x days), so only the last
+  ``LEXER_MEMBERSHIP_RETENTION_DAYS`` days of each audience, counted back from its newest day, keep theirs
+  (``prune_membership``); the day the sync reads is always kept. History rows stay for every day. A day whose
+  previous stored day has lost its list gets entered/exited NULL (unknown), never a guess.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ class ExportChoice:
 class SnapshotStats:
     snapshot_date: dt.date
     size: int
-    entered: int
-    exited: int
+    entered: int | None  # None: the previous stored day's member list is no longer kept
+    exited: int | None
     object_prefix: str | None
     export_date: dt.date | None = None
     export_note: str = NOTE_CURRENT
@@ -312,15 +316,33 @@ def store_snapshot(conn: duckdb.DuckDBPyConnection, audience: Audience, audience
                          export.export_date, export.note)
 
 
+def _list_pruned(conn: duckdb.DuckDBPyConnection, slug: str, day: dt.date | None) -> bool:
+    """Whether a stored day had members but its member list was pruned (retention)."""
+    if day is None:
+        return False
+    return conn.execute(
+        """SELECT coalesce(max(size), 0) > 0 AND NOT EXISTS (SELECT 1 FROM lexer.audience_membership
+                                                              WHERE audience_slug = $slug AND snapshot_date = $day)
+           FROM lexer.audience_history WHERE audience_slug = $slug AND snapshot_date = $day""",
+        {"slug": slug, "day": day}).fetchall()[0][0]
+
+
 def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt.date,
                     object_prefix: str | None, *, recount_only: bool = False) -> SnapshotStats:
     """Recount size/entered/exited of one stored day against the previous stored day.
 
     ``recount_only``: the day's members were not recomputed (only the day before them was), so its
-    ``materialized_at`` stays when the members were computed."""
+    ``materialized_at`` stays when the members were computed; if its own member list was pruned, its size
+    stays and entered/exited become NULL (the day before it changed and cannot be compared any more)."""
     previous = conn.execute(
         "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date < ?",
         [audience.slug, day]).fetchall()[0][0]
+    if recount_only and _list_pruned(conn, audience.slug, day):
+        conn.execute("UPDATE lexer.audience_history SET entered = NULL, exited = NULL "
+                     "WHERE audience_slug = ? AND snapshot_date = ?", [audience.slug, day])
+        size = conn.execute("SELECT size FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date = ?",
+                            [audience.slug, day]).fetchall()[0][0]
+        return SnapshotStats(day, int(size), None, None, object_prefix)
     size, entered, exited = conn.execute(
         """
         WITH today AS (SELECT customer_id FROM lexer.audience_membership
@@ -336,9 +358,41 @@ def refresh_history(conn: duckdb.DuckDBPyConnection, audience: Audience, day: dt
         [audience.slug, day]).fetchall()[0][0] if recount_only else None
     conn.execute("DELETE FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date = ?",
                  [audience.slug, day])
+    if _list_pruned(conn, audience.slug, previous):
+        entered = exited = None
     conn.execute("INSERT INTO lexer.audience_history VALUES (?, ?, ?, ?, ?, ?, ?, coalesce(?, now()::TIMESTAMP))",
                  [audience.slug, audience.name, day, size, entered, exited, object_prefix, computed_at])
-    return SnapshotStats(day, int(size), int(entered), int(exited), object_prefix)
+    return SnapshotStats(day, int(size), None if entered is None else int(entered),
+                         None if exited is None else int(exited), object_prefix)
+
+
+# ------------------------------------------------------------------------------------------------ retention
+
+def sync_day(conn: duckdb.DuckDBPyConnection, slug: str, today: dt.date) -> dt.date | None:
+    """The stored day the sync reads for an audience: its newest day not after ``today`` (a later day is a
+    mistyped backfill and never reaches Braze); None before the first partition."""
+    return conn.execute(
+        "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date <= ?",
+        [slug, today]).fetchall()[0][0]
+
+
+def membership_cutoff(conn: duckdb.DuckDBPyConnection, slug: str, retention_days: int,
+                      computing: Sequence[dt.date] = ()) -> dt.date | None:
+    """The first day whose member list is kept: ``retention_days`` back from the audience's newest day
+    (stored, or among ``computing``, the days about to be stored). None when it has no day at all."""
+    newest = conn.execute("SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ?",
+                          [slug]).fetchall()[0][0]
+    newest = max([d for d in (newest, *computing) if d is not None], default=None)
+    return None if newest is None else newest - dt.timedelta(days=retention_days - 1)
+
+
+def prune_membership(conn: duckdb.DuckDBPyConnection, slug: str, *, cutoff: dt.date, today: dt.date) -> int:
+    """Delete the audience's member lists of days before ``cutoff``, except the day the sync reads
+    (``sync_day``); history rows stay. Returns the member rows deleted."""
+    keep = sync_day(conn, slug, today)
+    return conn.execute(
+        "DELETE FROM lexer.audience_membership WHERE audience_slug = ? AND snapshot_date < ? "
+        "AND snapshot_date IS DISTINCT FROM ?", [slug, cutoff, keep]).fetchall()[0][0]
 
 
 def materialize_days(conn: duckdb.DuckDBPyConnection, audience: Audience, audiences: Sequence[Audience],

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from lexer_assets.audiences.rules import describe_rules
-from lexer_assets.audiences.snapshots import SnapshotStats, materialize_days
+from lexer_assets.audiences.snapshots import SnapshotStats, materialize_days, membership_cutoff, prune_membership
 from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, table_definition_metadata
 from lexer_assets.defs.profiles import customer_profiles
@@ -16,6 +16,7 @@ from lexer_assets.defs.resources import PipelineResource, WarehouseResource
 from lexer_assets.settings import Settings
 from lexer_assets.storage.catalog import AUDIENCE_HISTORY, AUDIENCE_MEMBERSHIP
 from lexer_assets.storage.warehouse import RowScope
+from lexer_assets.sync.audience_sync import latest_sync_day
 
 
 def audience_key(audience: Audience) -> dg.AssetKey:
@@ -35,10 +36,12 @@ def _description(audience: Audience) -> str:
 
 def snapshot_metadata(s: SnapshotStats) -> dict[str, Any]:
     """Numeric metadata of one day (the UI plots size, entered and exited over partitions)."""
+    # entered/exited are left out (not 0) when the previous day's member list is no longer kept
+    changes = {k: dg.MetadataValue.int(v) for k, v in (("entered", s.entered), ("exited", s.exited))
+               if v is not None}
     return {
         "size": dg.MetadataValue.int(s.size),
-        "entered": dg.MetadataValue.int(s.entered),
-        "exited": dg.MetadataValue.int(s.exited),
+        **changes,
         "dagster/row_count": dg.MetadataValue.int(s.size),
         "snapshot_date": s.snapshot_date.isoformat(),
         "export_used": s.object_prefix or "none",
@@ -70,20 +73,32 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
         home = Path(pipeline.home)
         try:
             with wh.connect() as conn:
-                # Only this audience's days of the (large) membership table change: the publish copies those
-                # rows into the analysts' store, and the (small) history table whole.
-                wh.mark_unpublished([AUDIENCE_HISTORY.name], rows=[RowScope(
-                    AUDIENCE_MEMBERSHIP.name, "audience_slug = ? AND snapshot_date BETWEEN ?::DATE AND ?::DATE",
-                    [audience.slug, days[0].isoformat(), days[-1].isoformat()])])
+                cutoff = membership_cutoff(conn, audience.slug, pipeline.membership_retention_days, days)
+                assert cutoff is not None  # days is never empty
+                # Only this audience's days of the (large) membership table change (the days computed, and
+                # the days pruned before the cutoff): the publish copies those rows into the analysts' store,
+                # and the (small) history table whole.
+                wh.mark_unpublished([AUDIENCE_HISTORY.name], rows=[
+                    RowScope(AUDIENCE_MEMBERSHIP.name,
+                             "audience_slug = ? AND snapshot_date BETWEEN ?::DATE AND ?::DATE",
+                             [audience.slug, days[0].isoformat(), days[-1].isoformat()]),
+                    RowScope(AUDIENCE_MEMBERSHIP.name, "audience_slug = ? AND snapshot_date < ?::DATE",
+                             [audience.slug, cutoff.isoformat()])])
                 stats = materialize_days(conn, audience, audiences, days, pipeline.thresholds(), home=home,
                                          cache_dir=home / "cache")
+                pruned = prune_membership(conn, audience.slug, cutoff=cutoff, today=latest_sync_day())
         except AudienceError as exc:
             raise dg.Failure(description=f"audience {audience.name!r} was not computed: {exc}") from None
         wh.publish([AUDIENCE_HISTORY.name])
         for s in stats[-10:]:  # a long backfill: the last days are enough in the log, all are in metadata
-            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size:,} members (+{s.entered:,} / "
-                             f"-{s.exited}); export {s.object_prefix or 'none'} ({s.export_note}); "
-                             f"profiles {s.profiles_source}")
+            changes = ("entered/exited unknown: the previous day's members are no longer kept"
+                       if s.entered is None else f"+{s.entered:,} / -{s.exited:,}")
+            context.log.info(f"{audience.name} on {s.snapshot_date}: {s.size:,} members ({changes}); export "
+                             f"{s.object_prefix or 'none'} ({s.export_note}); profiles {s.profiles_source}")
+        if pruned:
+            context.log.info(f"{audience.name}: member lists of days before {cutoff} removed ({pruned:,} rows; "
+                             f"LEXER_MEMBERSHIP_RETENTION_DAYS={pipeline.membership_retention_days}); "
+                             "their sizes stay in lexer.audience_history")
         if len(stats) == 1:
             yield dg.MaterializeResult(metadata=snapshot_metadata(stats[0]))
             return

@@ -140,6 +140,7 @@ class PipelineResource(dg.ConfigurableResource):
     active_days: int = 90
     lapsing_days: int = 180
     max_order_reject_rate: float = 0.05
+    membership_retention_days: int = 35
 
     def today(self) -> dt.date:
         return dt.date.fromisoformat(self.as_of) if self.as_of else dt.datetime.now(dt.UTC).date()
@@ -207,5 +208,6 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             new_customer_days=settings.new_customer_days, active_days=settings.active_days,
             lapsing_days=settings.lapsing_days,
             max_order_reject_rate=settings.automation.max_order_reject_rate,
+            membership_retention_days=settings.membership_retention_days,
         ),
     }

@@ -247,7 +247,8 @@ CUSTOMER_PROFILES = Table(
 
 AUDIENCE_MEMBERSHIP = Table(
     "lexer.audience_membership",
-    "(audience, snapshot date, customer)",
+    "(audience, snapshot date, customer); member lists are kept for the last LEXER_MEMBERSHIP_RETENTION_DAYS "
+    "(default 35) days of each audience, counted back from its newest day, and for the day the sync reads",
     _cols(
         ("audience_slug", "VARCHAR", "Stable audience id (asset key audiences/<slug>)."),
         ("audience_name", "VARCHAR", "Audience name (the value written to Braze)."),
@@ -264,8 +265,9 @@ AUDIENCE_HISTORY = Table(
         ("audience_name", "VARCHAR", "Audience name."),
         ("snapshot_date", "DATE", "Partition date."),
         ("size", "BIGINT", "Members on that day."),
-        ("entered", "BIGINT", "Members not in the previous stored day's snapshot."),
-        ("exited", "BIGINT", "Previous stored day's members no longer in."),
+        ("entered", "BIGINT", "Members not in the previous stored day's snapshot (null when that day's member "
+         "list is no longer kept: LEXER_MEMBERSHIP_RETENTION_DAYS)."),
+        ("exited", "BIGINT", "Previous stored day's members no longer in (null likewise)."),
         ("object_prefix", "VARCHAR", "Braze export the snapshot attributes came from."),
         ("materialized_at", "TIMESTAMP", "When the partition was computed (UTC)."),
     ),

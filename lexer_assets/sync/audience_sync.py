@@ -37,6 +37,7 @@ from typing import Protocol
 import duckdb
 import pyarrow as pa
 
+from lexer_assets.audiences.snapshots import sync_day
 from lexer_assets.storage.catalog import TABLES
 from lexer_assets.storage.warehouse import Warehouse
 from lexer_assets.sync.attribute_diff import DiffCounts, ValuePolicy, plan_changes
@@ -155,7 +156,7 @@ def _bootstrap_known_state(conn: duckdb.DuckDBPyConnection, attribute: str, shar
 CURRENT_USERS = "braze.users"  # the newest export: the customers the sync may touch
 
 
-def _today() -> dt.date:
+def latest_sync_day() -> dt.date:
     """The latest day the sync may target: a partition computed for a later day (a mistyped backfill) never
     reaches Braze."""
     return dt.datetime.now(dt.UTC).date()
@@ -184,10 +185,7 @@ def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAud
             if aud.list_action == "append":  # append audiences never remove, even when deactivated
                 policies.append(ValuePolicy(aud.name, aud.priority, removable=False))
             continue  # otherwise not a policy: its values, if Braze holds them, are retired and removed
-        newest = conn.execute(
-            "SELECT max(snapshot_date) FROM lexer.audience_history WHERE audience_slug = ? AND snapshot_date <= ?",
-            [aud.slug, _today()]
-        ).fetchall()[0][0]
+        newest = sync_day(conn, aud.slug, latest_sync_day())
         # An audience with no partition yet is unknown, not empty: never remove its value.
         policies.append(ValuePolicy(aud.name, aud.priority,
                                     removable=aud.list_action == "maintain" and newest is not None))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 import yaml
@@ -18,12 +19,17 @@ from lexer_assets.audiences.snapshots import (
     NOTE_EARLIEST,
     export_for_day,
     materialize_days,
+    membership_cutoff,
+    prune_membership,
+    sync_day,
 )
 from lexer_assets.audiences.spec import Audience, AudienceError, load_audiences
 from lexer_assets.braze.export_load import load_export
+from lexer_assets.defs.audiences import backfill_audiences
 from lexer_assets.population import write_braze_export
-from lexer_assets.profiles.build import LifecycleThresholds
-from lexer_assets.storage.warehouse import ensure_tables
+from lexer_assets.profiles.build import LifecycleThresholds, build_profiles
+from lexer_assets.storage.warehouse import Warehouse, ensure_tables
+from lexer_assets_tests.conftest import local_settings
 
 THRESHOLDS = LifecycleThresholds()
 
@@ -218,3 +224,70 @@ def test_windows_from_first_and_last_order_dates_match_every_order_line(tmp_path
         got = _members(conn, audience.slug)
         for day in days:
             assert got.get(day, set()) == expected(key, n, day), (audience.slug, day)
+
+
+def test_retention_keeps_recent_member_lists_and_every_size(tmp_path: Path) -> None:
+    conn = _orders_hub(tmp_path)
+    audiences = _audiences(tmp_path, {"name": "Recent", "slug": "recent", "rules": [{"ordered_in_last_days": 2}]})
+    d = [dt.date(2026, 5, day) for day in range(1, 7)]
+    # By hand (orders in (day-2, day]): 1st {a}, 2nd {a}, 3rd {b}, 4th {b, c}, 5th {a, c}, 6th {a}.
+    materialize_days(conn, audiences[0], audiences, d, THRESHOLDS, home=tmp_path, cache_dir=None)
+    full_history = [(d[0], 1, 1, 0), (d[1], 1, 0, 0), (d[2], 1, 1, 1), (d[3], 2, 1, 0), (d[4], 2, 1, 1),
+                    (d[5], 1, 0, 1)]
+
+    # 3 days kept back from the newest (the 6th): the 4th, 5th and 6th. "Today" is the 2nd, so the sync
+    # reads the 2nd (a day after today never reaches Braze): its list stays too.
+    cutoff = membership_cutoff(conn, "recent", 3)
+    assert cutoff == d[3]
+    assert sync_day(conn, "recent", d[1]) == d[1]
+    deleted = prune_membership(conn, "recent", cutoff=cutoff, today=d[1])
+    assert deleted == 2  # the 1st's {a} and the 3rd's {b}
+    assert _members(conn, "recent") == {d[1]: {"a"}, d[3]: {"b", "c"}, d[4]: {"a", "c"}, d[5]: {"a"}}
+    assert [h[:4] for h in _history(conn, "recent")] == full_history  # sizes of every day stay
+
+    # With today after the 6th, the 2nd is no longer the sync's day and goes as well.
+    assert prune_membership(conn, "recent", cutoff=cutoff, today=dt.date(2026, 6, 1)) == 1
+    assert sorted(_members(conn, "recent")) == [d[3], d[4], d[5]]
+
+    # Recomputing the 4th: its previous day (the 3rd) has lost its list, so entered/exited are unknown (NULL),
+    # not 2 and 0; the 5th is recounted against the 4th's list as before.
+    stats = materialize_days(conn, audiences[0], audiences, [d[3]], THRESHOLDS, home=tmp_path, cache_dir=None)
+    assert [(s.size, s.entered, s.exited) for s in stats] == [(2, None, None)]
+    # Recomputing the 2nd (before the cutoff): the 1st has no list; the 3rd, whose list is gone, keeps its
+    # size and loses its now-stale entered/exited.
+    materialize_days(conn, audiences[0], audiences, [d[1]], THRESHOLDS, home=tmp_path, cache_dir=None)
+    assert [h[:4] for h in _history(conn, "recent")] == [
+        (d[0], 1, 1, 0), (d[1], 1, None, None), (d[2], 1, None, None), (d[3], 2, None, None), (d[4], 2, 1, 1),
+        (d[5], 1, 0, 1)]
+    assert membership_cutoff(conn, "recent", 3, [dt.date(2026, 5, 9)]) == dt.date(2026, 5, 7)
+
+
+def test_backfill_prunes_old_member_lists_in_the_analysts_store_too(tmp_path: Path) -> None:
+    audiences_file = tmp_path / "audiences.yaml"
+    _audiences(tmp_path, {"name": "Recent", "slug": "recent", "rules": [{"ordered_in_last_days": 2}]})
+    settings = local_settings(tmp_path / "home", LEXER_AUDIENCES_FILE=str(audiences_file),
+                              LEXER_AS_OF="2026-05-06", LEXER_PARTITIONS_START="2026-04-01",
+                              LEXER_MEMBERSHIP_RETENTION_DAYS="3")
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+    with wh.transaction() as conn:
+        conn.execute("INSERT INTO braze.users (customer_id, external_id, object_prefix) VALUES "
+                     "('a', 'a', 'p'), ('b', 'b', 'p'), ('c', 'c', 'p')")
+        for i, (customer, day) in enumerate([("a", "2026-05-01"), ("b", "2026-05-03"), ("c", "2026-05-04"),
+                                             ("a", "2026-05-05")]):
+            conn.execute("INSERT INTO commerce.orders (order_id, customer_id, order_date, units, amount) "
+                         "VALUES (?, ?, ?, 1, 10)", [f"o{i}", customer, day])
+        build_profiles(conn, as_of=dt.date(2026, 5, 6))
+    wh.publish()
+    instance = dg.DagsterInstance.ephemeral()
+    d = [dt.date(2026, 5, day) for day in range(1, 7)]
+    assert backfill_audiences(settings, d[0], d[2], instance=instance).success  # nothing to prune yet
+    assert backfill_audiences(settings, d[3], d[5], instance=instance).success  # the 1st-3rd lists go
+
+    conn = wh.read_only()  # what analysts see
+    try:
+        days = conn.sql("SELECT DISTINCT snapshot_date FROM lexer.audience_membership ORDER BY 1").fetchall()
+        sizes = conn.sql("SELECT snapshot_date, size FROM lexer.audience_history ORDER BY 1").fetchall()
+    finally:
+        conn.close()
+    assert [r[0] for r in days] == d[3:]
+    assert sizes == [(d[0], 1), (d[1], 1), (d[2], 1), (d[3], 2), (d[4], 2), (d[5], 1)]
