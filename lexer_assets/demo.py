@@ -255,7 +255,9 @@ def summary_table(settings: Settings, run_id: str) -> str:
             """, [run_id]).fetchall()
     # adds/removes: changes the diff found; sent: changes Braze confirmed; failed: rejected or still pending
     header = ("audience", "day", "members", "entered", "exited", "adds", "removes", "sent", "failed")
-    table = [header, *[(str(r[0]), str(r[1]), *(f"{int(v):,}" for v in r[2:])) for r in rows]]
+    # entered/exited are NULL when the previous day's member list is no longer kept (retention)
+    table = [header, *[(str(r[0]), str(r[1]), *("?" if v is None else f"{int(v):,}" for v in r[2:]))
+                       for r in rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))
              for row in table]
