@@ -41,7 +41,7 @@ from pathlib import Path
 import duckdb
 
 from lexer_assets.audiences.rules import CompiledAudience, compile_audience
-from lexer_assets.audiences.spec import Audience
+from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.profiles.build import LifecycleThresholds, build_profiles
 from lexer_assets.storage.catalog import BRAZE_USERS, CUSTOMER_PROFILES, EXPORT_REJECTS
 
@@ -281,6 +281,19 @@ def create_order_bounds(conn: duckdb.DuckDBPyConnection) -> None:
 def compile_for(audience: Audience, audiences: Sequence[Audience]) -> CompiledAudience:
     """The audience's rules compiled once (as-of placeholders bound per day)."""
     return compile_audience(audience, audiences, PROFILE_COLUMNS, profiles=PROFILES_REL, orders=ORDERS_REL)
+
+
+def membership_version(audience: Audience, audiences: Sequence[Audience]) -> str:
+    """A short hash of everything that decides the audience's stored rows: its name and its compiled rules
+    (nested ``in_audience`` rules included). Editing a rule changes it; editing a description does not.
+    Rules that do not compile hash as written (the asset then fails and says why)."""
+    try:
+        compiled = compile_for(audience, audiences)
+        decided = [compiled.sql, [repr(p) for p in compiled.params]]
+    except AudienceError:
+        decided = ["uncompiled", repr(audience.rules)]
+    text = repr([audience.name, audience.slug, decided])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def uses_orders(compiled: CompiledAudience) -> bool:

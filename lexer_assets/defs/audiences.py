@@ -8,7 +8,13 @@ from typing import Any
 import dagster as dg
 
 from lexer_assets.audiences.rules import describe_rules
-from lexer_assets.audiences.snapshots import SnapshotStats, materialize_days, membership_cutoff, prune_membership
+from lexer_assets.audiences.snapshots import (
+    SnapshotStats,
+    materialize_days,
+    membership_cutoff,
+    membership_version,
+    prune_membership,
+)
 from lexer_assets.audiences.spec import Audience, AudienceError
 from lexer_assets.defs.policies import DUCKDB_WRITER_POOL, table_definition_metadata
 from lexer_assets.defs.profiles import customer_profiles
@@ -63,6 +69,7 @@ def build_audience_asset(audience: Audience, audiences: Sequence[Audience],
         owners=[audience.owner] if audience.owner and "@" in audience.owner else None,
         tags={"braze_activated": str(bool(audience.activation.braze and audience.enabled)).lower()},
         pool=DUCKDB_WRITER_POOL,
+        code_version=membership_version(audience, audiences),
         description=_description(audience),
         metadata={**table_definition_metadata(AUDIENCE_MEMBERSHIP), "audience_name": audience.name},
     )

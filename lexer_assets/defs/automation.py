@@ -10,7 +10,9 @@ How the loop runs by itself:
    ``commerce_orders_sensor`` does the same for ``commerce/orders`` when an order file is added or changed.
 3. ``lexer_automation`` (declarative automation, RUNNING on load) then requests ``braze/users``,
    ``lexer/customer_profiles``, the latest partition of every audience and ``braze/audience_sync``: each once
-   per upstream change, never while an upstream is missing, running, or failed a blocking check.
+   per upstream change (or new code version: an audience's rules), never while an upstream is running or
+   failed a blocking check, nor while one is missing (except for the sync, which goes on without an audience
+   whose step failed and leaves that audience's values alone).
 
 The decisions of the sensors are plain functions (``landing_decision``, ``orders_decision``) over a JSON cursor,
 so tests call them directly; the sensors only list the bucket/folder and read the instance.
@@ -52,31 +54,45 @@ _REMEMBERED_EXPORTS = 20
 
 # ---- declarative automation ---------------------------------------------------------------------------------
 
-def chain_condition() -> dg.AutomationCondition:
+def chain_condition(*, every_dep_present: bool = True) -> dg.AutomationCondition:
     """Downstream of a landing: run once when an upstream updates, only when upstream is done and checked.
 
     Like ``AutomationCondition.eager()`` (latest time partition only, never while a dependency is missing or in
-    progress, never while itself in progress) with two differences:
+    progress, never while itself in progress) with three differences:
     - the memory of "an upstream updated" is cleared when automation *requests* the asset or when another run
       (a manual one, a backfill) materialises it, but not when automation's own run completes: an export
       landing while the chain is still running is picked up once that run ends instead of being forgotten;
+    - a new code version triggers it too: an audience's version is a hash of its rules, so editing a rule and
+      reloading recomputes today's partition (and then the sync) without waiting for the next export;
     - every upstream's blocking checks must have passed (or be requested in the same tick, where the run stops
       the child if they fail).
+
+    ``every_dep_present=False`` (the sync): a dependency that is missing does not hold it back. An audience
+    whose step failed today has no partition for today; the sync then keeps that audience's values as they are
+    (it reads each audience's newest stored day) and still sends the other audiences' changes.
     """
     ac = dg.AutomationCondition
     updated_by_another_run = (
         ac.newly_updated() & ~ac.executed_with_tags(tag_keys={AUTOMATION_RUN_TAG})
     ).with_label("updated_by_another_run")
-    return (
+    condition = (
         ac.in_latest_time_window()
-        & (ac.newly_missing() | ac.any_deps_updated())
+        & (ac.newly_missing() | ac.any_deps_updated() | ac.code_version_changed())
         .since(ac.newly_requested() | updated_by_another_run | ac.initial_evaluation())
         .with_label("upstream_updated_since_handled")
-        & ~ac.any_deps_missing()
+    )
+    if every_dep_present:
+        checked = ~ac.any_deps_missing() & ac.all_deps_blocking_checks_passed()
+    else:
+        # a missing dependency has no check results: only the present ones must have passed theirs
+        checks_passed = ac.all_checks_match(ac.check_passed() | ac.will_be_requested(), blocking_only=True)
+        checked = ac.all_deps_match(ac.missing() | checks_passed).with_label("present_deps_checks_passed")
+    return (
+        condition
         & ~ac.any_deps_in_progress()
         & ~ac.in_progress()
-        & ac.all_deps_blocking_checks_passed()
-    ).with_label("lexer_chain")
+        & checked
+    ).with_label("lexer_chain" if every_dep_present else "lexer_chain_present_deps")
 
 
 def profiles_condition() -> dg.AutomationCondition:
@@ -107,6 +123,8 @@ def automation_condition(key: dg.AssetKey) -> dg.AutomationCondition | None:
         return None
     if key == PROFILES:
         return profiles_condition()
+    if key == SYNC:
+        return chain_condition(every_dep_present=False)
     return chain_condition()
 
 

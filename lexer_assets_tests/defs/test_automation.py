@@ -68,22 +68,34 @@ class Simulation:
             job_def=self.job, asset_selection={_key(k) for k, _ in requested}, tags=tags,
             status=DagsterRunStatus.STARTED)
 
-    def finish_run(self, run: DagsterRun, *, failed_checks: Iterable[str] = ()) -> None:
-        """The run materialises its assets, their checks run (pass unless named), and it succeeds."""
+    def reload(self, defs: dg.Definitions) -> None:
+        """The code location is reloaded with new definitions (same instance, same automation cursor)."""
+        self.defs = defs
+        self.graph = defs.resolve_asset_graph()
+        self.job = defs.resolve_implicit_global_asset_job_def()
+
+    def finish_run(self, run: DagsterRun, *, failed_checks: Iterable[str] = (),
+                   failed_assets: Iterable[str] = ()) -> None:
+        """The run materialises its assets, their checks run (pass unless named), and it succeeds; with
+        ``failed_assets`` those steps fail (nothing materialised) and so does the run."""
         failed = set(failed_checks)
+        broken = {_key(k) for k in failed_assets}
         partition = run.tags.get("dagster/partition")
         for key in sorted(run.asset_selection or (), key=lambda k: k.to_user_string()):
+            if key in broken:
+                continue
             self._event(run, DagsterEventType.ASSET_MATERIALIZATION,
                         StepMaterializationData(dg.AssetMaterialization(key, partition=partition)))
             for check_key in self.graph.get_check_keys_for_assets({key}):
                 name = f"{key.to_user_string()}:{check_key.name}"
                 self._event(run, DagsterEventType.ASSET_CHECK_EVALUATION,
                             dg.AssetCheckEvaluation(key, check_key.name, passed=name not in failed))
-        self._event(run, DagsterEventType.RUN_SUCCESS, None)
+        self._event(run, DagsterEventType.RUN_FAILURE if broken else DagsterEventType.RUN_SUCCESS, None)
 
     def run_to_completion(self, requested: set[tuple[str, str | None]], *, automated: bool = True,
-                          failed_checks: Iterable[str] = ()) -> None:
-        self.finish_run(self.start_run(requested, automated), failed_checks=failed_checks)
+                          failed_checks: Iterable[str] = (), failed_assets: Iterable[str] = ()) -> None:
+        self.finish_run(self.start_run(requested, automated), failed_checks=failed_checks,
+                        failed_assets=failed_assets)
 
     def _event(self, run: DagsterRun, kind: DagsterEventType, data: object) -> None:
         event = DagsterEvent(event_type_value=kind.value, job_name=run.job_name,
@@ -159,6 +171,17 @@ def test_a_failed_blocking_check_stops_the_chain(defs: dg.Definitions, audience_
         assert sim.tick() == set()  # profiles never built on duplicated users
 
 
+def up_to_todays_audiences(sim: Simulation, slugs: list[str]) -> set[tuple[str, str | None]]:
+    """An export lands, users and profiles are built; automation then requests today's audiences."""
+    sim.tick()
+    landed_and_settled(sim)
+    sim.run_to_completion(sim.tick())  # users
+    sim.run_to_completion(sim.tick())  # profiles
+    requested = sim.tick()
+    assert requested == audiences_on(slugs, TODAY)
+    return requested
+
+
 def _with_audience_guard(defs: dg.Definitions, slugs: list[str]) -> tuple[dg.Definitions, str]:
     """The real blocking guard on the audiences if the definitions have one, else a stand-in like it."""
     graph = defs.resolve_asset_graph()
@@ -178,12 +201,7 @@ def _with_audience_guard(defs: dg.Definitions, slugs: list[str]) -> tuple[dg.Def
 def test_a_failed_guard_on_an_audience_stops_the_sync(defs: dg.Definitions, audience_slugs: list[str]) -> None:
     guarded, guard = _with_audience_guard(defs, audience_slugs)
     sim = Simulation(guarded)
-    sim.tick()
-    landed_and_settled(sim)
-    sim.run_to_completion(sim.tick())  # users
-    sim.run_to_completion(sim.tick())  # profiles
-    requested = sim.tick()
-    assert requested == audiences_on(audience_slugs, TODAY)
+    requested = up_to_todays_audiences(sim, audience_slugs)
     sim.run_to_completion(requested, failed_checks=[f"audiences/{audience_slugs[0]}:{guard}"])
     for _ in range(3):
         assert sim.tick() == set()  # one audience failed its guard: nothing reaches Braze
@@ -268,3 +286,56 @@ def test_a_manual_run_of_the_whole_graph_is_not_repeated_by_automation(defs: dg.
     sim.run_to_completion(everything, automated=False)
     for _ in range(3):
         assert sim.tick() == set()
+
+
+def test_one_failed_audience_does_not_hold_back_the_others_sync(defs: dg.Definitions,
+                                                                 audience_slugs: list[str]) -> None:
+    sim = Simulation(defs)
+    requested = up_to_todays_audiences(sim, audience_slugs)
+    # one audience's step fails (say its rule names a column that is not there): today's partition is missing
+    sim.run_to_completion(requested, failed_assets=[f"audiences/{audience_slugs[0]}"])
+    assert sim.tick() == {(SYNC, None)}  # the others' changes still go (the failed one keeps its values)
+    assert sim.tick() == set()
+    # the rule is fixed and the audience materialised by hand: the sync follows
+    sim.run_to_completion({(f"audiences/{audience_slugs[0]}", TODAY)}, automated=False)
+    assert sim.tick() == {(SYNC, None)}
+
+
+AUDIENCE_FILE = """
+- name: Big spenders
+  slug: big_spenders
+  description: Spent a lot.
+  owner: tests@example.com
+  rules:
+    - {{column: revenue, op: '>=', value: {threshold}}}
+- name: Lapsed
+  slug: lapsed
+  description: {description}
+  owner: tests@example.com
+  rules:
+    - {{column: lifecycle_stage, op: '=', value: lapsed}}
+"""
+
+
+def test_editing_a_rule_recomputes_that_audience_and_then_syncs(tmp_path: Path) -> None:
+    audiences_file = tmp_path / "audiences.yaml"
+
+    def defs_for(threshold: int, description: str) -> dg.Definitions:
+        audiences_file.write_text(AUDIENCE_FILE.format(threshold=threshold, description=description))
+        return build_definitions(local_settings(tmp_path / "home", LEXER_AUDIENCES_FILE=str(audiences_file)))
+
+    sim = Simulation(defs_for(500, "Lapsed customers."))
+    sim.tick()
+    landed_and_settled(sim)
+    for _ in range(4):  # users, profiles, today's audiences, sync
+        sim.run_to_completion(sim.tick())
+    assert sim.tick() == set()
+
+    sim.reload(defs_for(500, "Customers who have lapsed."))  # a description is not a rule: nothing to redo
+    assert sim.tick() == set()
+    sim.reload(defs_for(1000, "Customers who have lapsed."))  # the marketer raises the threshold
+    requested = sim.tick()
+    assert requested == {("audiences/big_spenders", TODAY)}
+    sim.run_to_completion(requested)
+    assert sim.tick() == {(SYNC, None)}
+    assert sim.tick() == set()
