@@ -318,6 +318,8 @@ SYNC_RUNS = Table(
         ("sent", "BIGINT", "Changes Braze acknowledged."),
         ("failed", "BIGINT", "Changes Braze rejected or that stayed pending."),
         ("finished_at", "TIMESTAMP", "When the run finished (UTC)."),
+        ("audience_slug", "VARCHAR",
+         "The audience's slug (null for a value no audience produces any more, being removed)."),
     ),
 )
 

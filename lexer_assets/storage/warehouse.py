@@ -234,10 +234,23 @@ class Warehouse:
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create every catalog table; a table made by an older version gets the columns added since (new columns
+    only ever go at the end of a table, so statements that insert by position stay right)."""
     for schema in SCHEMAS:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table in TABLES:
         conn.execute(table.ddl())
+        schema, _, name = _split(table.name)
+        present = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "AND table_catalog = current_database() ORDER BY ordinal_position", [schema, name]).fetchall()]
+        if present == table.column_names[:len(present)]:
+            for column in table.columns[len(present):]:
+                conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.definition}")
+        elif present != table.column_names:
+            raise RuntimeError(f"{table.name} in {conn.execute('SELECT current_database()').fetchall()[0][0]} "
+                               f"has columns {present}, not the expected {table.column_names}: it was made by "
+                               "another version of lexer-assets")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class AudienceSyncLine:
     failed: int = 0
     held_back: int = 0  # customers the array cap kept this value from
     note: str = ""  # frozen, retired, no partition yet
+    audience_slug: str | None = None  # None for a value no audience of the file produces (retired)
 
 
 @dataclass
@@ -199,7 +200,7 @@ def desired_state(conn: duckdb.DuckDBPyConnection, audiences: Sequence[SyncedAud
         members = conn.execute(
             "SELECT count(DISTINCT customer_id) FROM lexer.audience_membership"
             " WHERE audience_slug = ? AND snapshot_date = ?", [aud.slug, newest]).fetchall()[0][0]
-        lines.append(AudienceSyncLine(aud.name, newest, int(members)))
+        lines.append(AudienceSyncLine(aud.name, newest, int(members), audience_slug=aud.slug))
     return policies, lines
 
 
@@ -275,9 +276,15 @@ def check_guard(conn: duckdb.DuckDBPyConnection, report: SyncReport, limits: Gua
     renamed: set[str] = set()
     if removed:
         live_slugs = {a.slug for a in audiences if a.activated}
+        # A name's slug as the syncs recorded it (a rename made the same day may have replaced the only
+        # history row with the old name), else as the stored partitions have it.
         renamed = {name for name, slug in conn.execute(
-            "SELECT DISTINCT audience_name, audience_slug FROM lexer.audience_history "
-            "WHERE audience_name IN (SELECT unnest(?::VARCHAR[]))", [removed]).fetchall() if slug in live_slugs}
+            """SELECT DISTINCT audience_name, audience_slug FROM sync.braze_sync_runs
+               WHERE audience_name IN (SELECT unnest($names::VARCHAR[])) AND audience_slug IS NOT NULL
+               UNION
+               SELECT DISTINCT audience_name, audience_slug FROM lexer.audience_history
+               WHERE audience_name IN (SELECT unnest($names::VARCHAR[]))""", {"names": removed}).fetchall()
+            if slug in live_slugs}
     gone = [name for name in removed if name not in renamed]
     before = sizes_at_last_sync(conn, list(sizes_now) + gone)
     retired = {name for name in gone if name in before}  # the hub synced it; stale export values are not
@@ -590,9 +597,9 @@ def _finish_report(warehouse: Warehouse, report: SyncReport, attribute: str) -> 
             line.sent = per_value.get((line.audience_name, "done"), 0)
             line.failed = sum(per_value.get((line.audience_name, s), 0)
                               for s in ("failed", "pending", "unconfirmed", "rejected"))
-            conn.execute("INSERT INTO sync.braze_sync_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT INTO sync.braze_sync_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [report.run_id, line.audience_name, line.snapshot_date, line.members, line.adds,
-                          line.removes, line.sent, line.failed, now])
+                          line.removes, line.sent, line.failed, now, line.audience_slug])
 
 
 def audience_summary(report: SyncReport) -> list[dict]:

@@ -83,6 +83,19 @@ def test_renamed_audience_removes_old_and_adds_new_in_one_object(world: World) -
     assert world.braze() == {c: ["Very Important"] for c in members}
 
 
+def test_a_rename_recomputed_the_same_day_is_not_a_deletion(world: World) -> None:
+    """The renamed audience's day is recomputed under its new name, replacing the only history row with the
+    old one: the guard still knows the old name's slug from the sync that sent it."""
+    guard = GuardLimits(max_drop_share=0.5, max_removals=50_000)
+    members = set(CUSTOMERS[10:40])
+    set_members(world.wh, "vip", "VIP", DAY1, members)
+    world.sync([VIP], run_id="r1", guard=guard)
+    set_members(world.wh, "vip", "VIP Gold", DAY1, members)  # same day, same slug, new name
+    report = world.sync([SyncedAudience("vip", "VIP Gold", True, priority=1)], run_id="r2", guard=guard)
+    assert report.guard.startswith("guard passed")
+    assert world.braze() == {c: ["VIP Gold"] for c in members}
+
+
 def test_cap_with_priorities_reports_held_back(world: World) -> None:
     third = SyncedAudience("new", "New", True, priority=3)
     for aud, members in ((VIP, CUSTOMERS[:30]), (LAPSED, CUSTOMERS[20:60]), (third, CUSTOMERS[25:80])):
