@@ -69,6 +69,15 @@ def prepare_inputs(settings: Settings, *, orders_file: Path | None, customers: i
     if settings.profile != "local":
         raise SystemExit("the demo prepares local inputs; it runs on LEXER_PROFILE=local only")
     source = str(orders_file.resolve()) if orders_file else "synthetic"
+    customer_ids: list[str] = []
+    if orders_file:  # checked before anything is reset: a mistyped path must not cost the previous state
+        if not orders_file.is_file():
+            raise SystemExit(f"order file not found: {orders_file} (nothing was changed)")
+        customer_ids = _customer_ids(orders_file, settings)
+        if not customer_ids:
+            raise SystemExit(f"order file {orders_file} has no order with a customer id (empty, or no line could "
+                             "be read: the canonical CSV or the CDNOW format, see the README): nothing was "
+                             "changed")
     marker = settings.home / DEMO_MARKER
     if marker.exists() and not reset:
         existing = DemoInputs(**json.loads(marker.read_text()))
@@ -83,12 +92,8 @@ def prepare_inputs(settings: Settings, *, orders_file: Path | None, customers: i
     yesterday = settings.today() - dt.timedelta(days=1)
     started = time.monotonic()
     if orders_file:
-        if not orders_file.is_file():
-            raise SystemExit(f"order file not found: {orders_file}")
         shift = auto_shift_days([orders_file], end_date=yesterday)
-        target = settings.orders_dir / orders_file.name
-        shutil.copyfile(orders_file, target)
-        customer_ids = _customer_ids(target, settings)
+        shutil.copyfile(orders_file, settings.orders_dir / orders_file.name)
         users = braze_users_for_customers(customer_ids, seed=seed, as_of=settings.today())
         n = len(customer_ids)
     else:

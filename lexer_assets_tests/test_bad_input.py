@@ -223,3 +223,18 @@ def test_broken_audiences_file_keeps_the_pipeline_up_and_sends_nothing(tmp_path:
 
     audiences_file.write_text(good)
     assert run_loop(settings, quiet=True).success
+
+
+def test_a_mistyped_or_empty_demo_order_file_changes_nothing(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path / "home")
+    prepare_inputs(settings, orders_file=None, customers=50, seed=5, say=lambda _m: None)
+    before = sorted(p.relative_to(settings.home) for p in settings.home.rglob("*"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for bad, says in ((tmp_path / "nonexistent.txt", "not found"), (empty, "has no order with a customer id")):
+        with pytest.raises(SystemExit, match=says) as raised:
+            prepare_inputs(settings, orders_file=bad, customers=0, seed=5, say=lambda _m: None)
+        assert str(bad) in str(raised.value)
+        assert "nothing was changed" in str(raised.value)
+        # the previous demo's inputs and state are all still there
+        assert sorted(p.relative_to(settings.home) for p in settings.home.rglob("*")) == before
