@@ -91,6 +91,16 @@ def _date(env: Mapping[str, str], name: str, default: dt.date | None) -> dt.date
         raise SettingsError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
 
 
+def _order_amount(env: Mapping[str, str]) -> float:
+    from lexer_assets.commerce.order_files import DEFAULT_MAX_ORDER_AMOUNT, MAX_ORDER_AMOUNT_LIMIT
+
+    value = _float(env, "LEXER_MAX_ORDER_AMOUNT", DEFAULT_MAX_ORDER_AMOUNT, positive=True)
+    if value > MAX_ORDER_AMOUNT_LIMIT:
+        raise SettingsError(f"LEXER_MAX_ORDER_AMOUNT must be at most {MAX_ORDER_AMOUNT_LIMIT:,.0f} (amounts are "
+                            f"summed exactly as DECIMAL(18, 4)), got {value:,.0f}")
+    return value
+
+
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if not 0.0 <= value <= 1.0:
@@ -256,6 +266,7 @@ class AutomationSettings:
     orders_freshness_fail_hours: float = 48.0  # brands drop order files on their own cadence
     max_export_reject_rate: float = 0.01  # share of export lines rejected before braze/users fails its check
     max_order_reject_rate: float = 0.05  # share of order lines rejected before commerce/orders keeps the old orders
+    max_order_amount: float = 1_000_000.0  # an order line above it is rejected as implausible
     min_profile_coverage: float = 1.0  # share of exported users that must have a profile row
     max_sync_failure_rate: float = 0.01  # share of sent changes Braze rejected before the sync check fails
     verify_sample: int = 200  # users read back from Braze by the verification check (0: off)
@@ -399,6 +410,7 @@ def _automation_settings(env: Mapping[str, str]) -> AutomationSettings:
         orders_freshness_fail_hours=_float(env, "LEXER_ORDERS_FRESHNESS_FAIL_HOURS", 48.0, positive=True),
         max_export_reject_rate=_share(env, "LEXER_MAX_EXPORT_REJECT_RATE", 0.01),
         max_order_reject_rate=_share(env, "LEXER_MAX_ORDER_REJECT_RATE", 0.05),
+        max_order_amount=_order_amount(env),
         min_profile_coverage=_share(env, "LEXER_MIN_PROFILE_COVERAGE", 1.0),
         max_sync_failure_rate=_share(env, "LEXER_MAX_SYNC_FAILURE_RATE", 0.01),
         verify_sample=_int(env, "LEXER_VERIFY_SAMPLE", 200),

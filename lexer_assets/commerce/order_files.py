@@ -14,8 +14,12 @@ Two formats are read, recognised from the first line of the file (never from its
 Python only splits lines into text fields (the csv module, or whitespace for CDNOW); every type check runs as
 one SQL statement over the staged text (fast: no per-line Python type checks). A line is rejected, with its
 file, 1-based line number, reason and raw text, for: wrong field count, a date that is not a real date,
-units that are not a whole number >= 0, an amount that is not a finite number >= 0, neither customer id nor
-email, or an order_id already loaded (the first line with that id is kept).
+units that are not a whole number >= 0, an amount that is not a finite number >= 0 or is above ``max_amount``
+(``LEXER_MAX_ORDER_AMOUNT``: one mistyped amount would otherwise dominate every CLV estimate), a date before
+1900 or after tomorrow (after the shift), text that is not UTF-8, an email with spaces or control characters,
+neither customer id nor email, or an order_id already loaded (the first line with that id is kept: files are
+read oldest first, so a new file cannot overwrite an order already there). A UTF-8 byte order mark (Excel's
+"CSV UTF-8") is ignored.
 Blank lines and the header are skipped (not rejected). A file whose format is not recognised has every line
 rejected (reason names the problem) so the other files still load and nothing is silently dropped.
 
@@ -58,7 +62,7 @@ class OrdersReport:
 
 
 def _first_line(path: Path) -> str:
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         for raw in fh:
             line = raw.strip()
             if line:
@@ -131,7 +135,7 @@ class _Batch:
 
 def _stage_cdnow(path: Path) -> Iterator[_Batch]:
     batch = _Batch(path, 4, "%Y%m%d")
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         for line_no, raw in enumerate(fh, start=1):
             fields = raw.split()
             if not fields:
@@ -159,7 +163,7 @@ def _stage_cdnow(path: Path) -> Iterator[_Batch]:
 def _stage_csv(path: Path) -> Iterator[_Batch]:
     # raw_line stays NULL here: it is read back from the file for rejected lines only (_fill_raw_lines).
     batch: _Batch | None = None
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         reader = csv.reader(fh)
         index: list[int] = []
         for record in reader:
@@ -189,7 +193,7 @@ def _stage_csv(path: Path) -> Iterator[_Batch]:
 
 def _stage_unreadable(path: Path, problem: str) -> Iterator[_Batch]:
     batch = _Batch(path, 0, "%Y-%m-%d", problem)
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if raw.strip():
                 batch.line_no.append(line_no)
@@ -217,7 +221,7 @@ def _fill_raw_lines(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
     if not wanted:
         return
     found: list[tuple[str, int]] = []
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if line_no in wanted:
                 found.append((_clip(raw), line_no))
@@ -232,6 +236,20 @@ def _clip(line: str) -> str:
 
 
 # --- typing and validating in SQL ---
+
+DEFAULT_MAX_ORDER_AMOUNT = 1_000_000.0
+MAX_ORDER_AMOUNT_LIMIT = 1e12  # amounts are summed as DECIMAL(18, 4): anything near 1e14 cannot be stored
+EARLIEST_ORDER_DATE = date(1900, 1, 1)
+
+
+def _checked_sql(*, shift_days: int = 0, max_amount: float = DEFAULT_MAX_ORDER_AMOUNT,
+                 latest: date | None = None) -> str:
+    """The checking statement; bounds apply to dates after ``shift_days`` (``latest`` None: no upper bound)."""
+    shifted = f"(order_date + {int(shift_days)})"
+    too_late = f"{shifted} > DATE '{latest.isoformat()}'" if latest else "false"
+    return _CHECKED_SQL.format(max_amount=float(max_amount), earliest=EARLIEST_ORDER_DATE.isoformat(),
+                               shifted=shifted, too_late=too_late)
+
 
 # One row per staged line: typed values plus the first problem found (NULL when the line is good).
 _CHECKED_SQL = """
@@ -255,7 +273,7 @@ SELECT
   source_file, source_line, left(rtrim(raw_line, chr(13) || chr(10)), 1000) AS raw_line,
   coalesce(order_id_text, file_name || ':' || source_line) AS order_id,
   customer_id, email, order_date,
-  CASE WHEN regexp_full_match(units_text, '[0-9]{1,9}') THEN units_text::INTEGER END AS units,
+  CASE WHEN regexp_full_match(units_text, '[0-9]{{1,9}}') THEN units_text::INTEGER END AS units,
   amount,
   CASE
     WHEN problem IS NOT NULL THEN problem
@@ -264,23 +282,30 @@ SELECT
          || ' is not a real date ('
          || CASE WHEN date_format = '%Y%m%d' THEN 'YYYYMMDD' ELSE 'YYYY-MM-DD' END || ')'
     WHEN regexp_full_match(units_text, '-[0-9]+') THEN 'negative units ' || units_text
-    WHEN NOT regexp_full_match(coalesce(units_text, ''), '[0-9]{1,9}')
+    WHEN NOT regexp_full_match(coalesce(units_text, ''), '[0-9]{{1,9}}')
          THEN 'units ' || coalesce('''' || units_text || '''', 'missing') || ' is not a whole number'
     WHEN amount IS NULL OR isnan(amount) OR isinf(amount)
          THEN 'amount ' || coalesce('''' || amount_text || '''', 'missing') || ' is not a number'
     WHEN amount < 0 THEN 'negative amount ' || amount_text
+    WHEN amount > {max_amount} THEN 'amount ' || amount_text || ' is above LEXER_MAX_ORDER_AMOUNT ({max_amount:,.0f})'
+    WHEN {shifted} < DATE '{earliest}' THEN 'order date ' || date_text || ' is before {earliest}'
+    WHEN {too_late} THEN 'order date ' || date_text || ' is in the future'
+    WHEN contains(concat(order_id_text, customer_id, email), chr(65533))
+         THEN 'not UTF-8 text (order files must be UTF-8)'
+    WHEN regexp_matches(email, '[[:space:][:cntrl:]]') THEN 'email contains spaces or control characters'
     WHEN customer_id IS NULL AND email IS NULL THEN 'no customer id and no email'
   END AS reject_reason
 FROM typed
 """
 
 
-def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *,
-                shift_days: int = 0) -> OrdersReport:
+def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, shift_days: int = 0,
+                max_amount: float = DEFAULT_MAX_ORDER_AMOUNT, latest: date | None = None) -> OrdersReport:
     """Replace ``commerce.orders`` and ``commerce.order_rejects`` with the content of ``files``.
 
     Good lines load, bad lines go to the rejects table with file, line and reason; neither holds the other
-    back. ``shift_days`` is added to every order date. The tables must exist; the caller owns the transaction
+    back. ``shift_days`` is added to every order date; ``latest``: the last plausible (shifted) order date,
+    normally tomorrow. The tables must exist; the caller owns the transaction
     (nothing here commits). Raises ``FileNotFoundError`` naming a missing file before anything is replaced.
     """
     paths = [Path(f) for f in files]
@@ -296,7 +321,7 @@ def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *,
             stage = chunk.frame()
             conn.register("_orders_stage", stage)
             try:
-                conn.execute(_CHECKED_SQL)
+                conn.execute(_checked_sql(shift_days=shift_days, max_amount=max_amount, latest=latest))
             finally:
                 conn.unregister("_orders_stage")
             conn.execute(
@@ -362,7 +387,7 @@ def newest_order_date(files: Sequence[Path]) -> date | None:
         for path in (Path(f) for f in files):
             for chunk in _stage_file(path):
                 conn.register("_orders_stage", chunk.frame())
-                conn.execute(_CHECKED_SQL)
+                conn.execute(_checked_sql())
                 conn.unregister("_orders_stage")
                 value = conn.execute(
                     "SELECT max(order_date) FROM _orders_checked WHERE reject_reason IS NULL"

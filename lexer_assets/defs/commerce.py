@@ -1,5 +1,6 @@
 """The brand's commerce data: order files into `commerce.orders`."""
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -19,10 +20,14 @@ IMPORT_MANIFEST = "_import.json"
 
 
 def order_files(orders_dir: Path) -> list[Path]:
-    """Order files in the folder, in name order; names starting with '.' or '_' are not orders."""
+    """Order files in the folder, oldest first (then by name); names starting with '.' or '_' are not orders.
+
+    Oldest first because a repeated order_id keeps its first line: an order already loaded stays as it is
+    when a newer file repeats its id."""
     if not orders_dir.is_dir():
         return []
-    return sorted(p for p in orders_dir.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+    files = [p for p in orders_dir.iterdir() if p.is_file() and not p.name.startswith((".", "_"))]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
 def import_shift_days(orders_dir: Path) -> int:
@@ -55,7 +60,9 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     shift = import_shift_days(folder)
     wh = warehouse.get()
     with wh.transaction(tables=[ORDERS.name, ORDER_REJECTS.name]) as conn:
-        report = load_orders(conn, files, shift_days=shift)
+        # Tomorrow on the clock (not LEXER_AS_OF): a date after it is a typo whatever day the profiles are for.
+        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        report = load_orders(conn, files, shift_days=shift, max_amount=pipeline.max_order_amount, latest=tomorrow)
         rate = report.rejected / report.lines if report.lines else 0.0
         if rate > pipeline.max_order_reject_rate:
             # Raising inside the transaction rolls it back: the previous orders (and profiles) stay as they were.

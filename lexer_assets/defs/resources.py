@@ -140,6 +140,7 @@ class PipelineResource(dg.ConfigurableResource):
     active_days: int = 90
     lapsing_days: int = 180
     max_order_reject_rate: float = 0.05
+    max_order_amount: float = 1_000_000.0
     membership_retention_days: int = 35
 
     def today(self) -> dt.date:
@@ -208,6 +209,7 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             new_customer_days=settings.new_customer_days, active_days=settings.active_days,
             lapsing_days=settings.lapsing_days,
             max_order_reject_rate=settings.automation.max_order_reject_rate,
+            max_order_amount=settings.automation.max_order_amount,
             membership_retention_days=settings.membership_retention_days,
         ),
     }

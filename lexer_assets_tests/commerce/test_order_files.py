@@ -187,3 +187,56 @@ def test_auto_shift_ignores_invalid_dates(tmp_path: Path) -> None:
     f = _write(tmp_path / "c.txt", "00001 19970101 1 1.00\n00002 19991399 1 1.00\n00003 19970110 1 1.00\n")
     assert auto_shift_days([f], end_date=date(1997, 1, 20)) == 10
     assert auto_shift_days([_write(tmp_path / "none.txt", "00002 19991399 1 1.00\n")], end_date=date(2000, 1, 1)) == 0
+
+
+def test_implausible_values_are_rejected_and_an_excel_bom_is_ignored(conn: duckdb.DuckDBPyConnection,
+                                                                      tmp_path: Path) -> None:
+    f = tmp_path / "orders.csv"
+    f.write_bytes(
+        b"\xef\xbb\xbf"  # Excel's "CSV UTF-8" starts with a byte order mark
+        b"Order_ID,customer_id,email,order_date,units,amount\n"
+        b"B1,C1,,2026-03-01,1,1000000\n"                    # 2 good: exactly the maximum
+        b"B2,C2,,2026-03-01,1,1000000.01\n"                 # 3 above LEXER_MAX_ORDER_AMOUNT
+        b"B3,C3,,2026-03-01,1,1e308\n"                      # 4 far above (would not fit DECIMAL(18, 4))
+        b"B4,C4,,1850-01-01,1,5\n"                          # 5 before 1900
+        b"B5,C5,,2026-03-03,1,5\n"                          # 6 after `latest`
+        b"B6,C\xff6,,2026-03-01,1,5\n"                      # 7 not UTF-8
+        b"B7,C7,\"ann\n@example.com\",2026-03-01,1,5\n"     # 8-9 a newline inside the email
+        b"B8,C8, Bob@Example.com ,2026-03-02,1,5\n"         # 10 good (trimmed, lower-cased)
+    )
+    report = load_orders(conn, [f], latest=date(2026, 3, 2))
+    assert (report.loaded, report.rejected) == (2, 6)
+    assert conn.sql("SELECT order_id, email FROM commerce.orders ORDER BY 1").fetchall() == [
+        ("B1", None), ("B8", "bob@example.com")]
+    assert _rejects(conn) == [
+        (3, "amount 1000000.01 is above LEXER_MAX_ORDER_AMOUNT (1,000,000)"),
+        (4, "amount 1e308 is above LEXER_MAX_ORDER_AMOUNT (1,000,000)"),
+        (5, "order date 1850-01-01 is before 1900-01-01"),
+        (6, "order date 2026-03-03 is in the future"),
+        (7, "not UTF-8 text (order files must be UTF-8)"),
+        (9, "email contains spaces or control characters"),
+    ]
+    # the limit and the future are judged after the shift; a higher maximum lets the big line through
+    report = load_orders(conn, [f], latest=date(2026, 3, 2), shift_days=-1, max_amount=2e6)
+    assert report.rejected == 4  # 1e308, 1850, not UTF-8, the email; B5 (2026-03-02 after the shift) loads
+
+
+def test_a_newer_file_cannot_overwrite_an_order_already_loaded(conn: duckdb.DuckDBPyConnection,
+                                                              tmp_path: Path) -> None:
+    import os
+
+    from lexer_assets.defs.commerce import order_files
+
+    folder = tmp_path / "orders"
+    folder.mkdir()
+    old = _write(folder / "orders.csv", "order_id,customer_id,email,order_date,units,amount\n"
+                                        "O1,C1,,2023-12-03,1,123.71\n")
+    new = _write(folder / "extra.csv", "order_id,customer_id,email,order_date,units,amount\n"
+                                         "O1,C1,,2026-11-01,1,5.00\n")  # sorts first by name, arrived later
+    os.utime(old, (1_700_000_000, 1_700_000_000))
+    os.utime(new, (1_760_000_000, 1_760_000_000))
+    files = order_files(folder)
+    assert files == [old, new]
+    load_orders(conn, files)
+    assert conn.sql("SELECT order_date, amount FROM commerce.orders").fetchall() == [(date(2023, 12, 3), 123.71)]
+    assert _rejects(conn) == [(2, f"duplicate order_id O1 (first at {old}:2)")]
