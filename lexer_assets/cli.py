@@ -38,14 +38,30 @@ def _settings(*, local_only: bool = False) -> Settings:
         raise SystemExit(f"configuration error: {exc}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection | None:
     """A read-only session on the analysts' published store, or None (reason printed) when there is none yet."""
+    import duckdb
+
     from lexer_assets.storage.warehouse import Warehouse
 
     try:
         return Warehouse(settings.warehouse_path, settings.published_store_path).read_only()
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
+        return None
+    except duckdb.Error as exc:
+        print(f"cannot open the profile store {settings.published_store_path}: {exc}\nThe next run that "
+              "publishes replaces it; open the store read-only so this cannot happen again.", file=sys.stderr)
         return None
 
 
@@ -263,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="run SQL read-only on the profile store")
     query.add_argument("sql")
-    query.add_argument("--limit", type=int, default=50)
+    query.add_argument("--limit", type=_positive_int, default=50, help="rows to print (default 50)")
     query.set_defaults(func=cmd_query)
 
     verify = sub.add_parser("verify", help="compare what Braze holds with what the hub says")

@@ -66,6 +66,21 @@ def test_query_cannot_write_or_read_files(store_home: Path, tmp_path: Path, monk
     assert capsys.readouterr().out.splitlines()[-1].strip() == "1"
 
 
+def test_query_refuses_a_limit_below_one_and_an_unreadable_store_gets_one_clear_line(
+        store_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _env(monkeypatch, LEXER_HOME=str(store_home))
+    for bad in ("0", "-1", "ten"):
+        with pytest.raises(SystemExit):
+            main(["query", "SELECT 1", "--limit", bad])
+        assert "--limit" in capsys.readouterr().err
+    store = local_settings(store_home).published_store_path
+    store.chmod(0o644)
+    store.write_bytes(b"not a database")
+    assert main(["query", "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cannot open the profile store {store}:") and "Traceback" not in err
+
+
 def test_backfill_prints_each_failure_on_one_line(tmp_path: Path) -> None:
     from lexer_assets.demo import prepare_inputs, run_loop
     from lexer_assets_tests.test_bad_input import BROKEN_AUDIENCE

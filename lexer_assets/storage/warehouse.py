@@ -155,7 +155,13 @@ class Warehouse:
                         incremental = False
                 if not incremental:
                     self._publish_all(conn, tmp)
+                # Read-only on disk: an analyst's session cannot open it for writing by mistake (a writing
+                # session leaves a WAL that no later store can replay).
+                tmp.chmod(0o444)
                 os.replace(tmp, target)
+                # A WAL next to the store belongs to a file that was just replaced (someone opened the old
+                # one for writing): the new store is complete without it, and readers could not replay it.
+                target.with_name(target.name + ".wal").unlink(missing_ok=True)
             finally:
                 for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
                     leftover.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -145,3 +146,23 @@ def test_the_published_store_opens_in_duckdb_1(wh: Warehouse) -> None:
     version, sizes, orders = json.loads(out.stdout)
     assert version.startswith("1.")
     assert sizes == [[3]] and orders == [[1]]
+
+
+def test_a_session_that_wrote_to_the_store_cannot_break_it_for_the_readers(wh: Warehouse) -> None:
+    """Someone opened the store for writing and their process died: a WAL is left next to it that no later
+    store can replay. The store is published read-only, and the next publish removes such a WAL."""
+    store = wh.published_path
+    assert store is not None
+    assert store.stat().st_mode & 0o777 == 0o444
+    script = ("import duckdb, os, sys; c = duckdb.connect(sys.argv[1]); "
+              "c.execute(\"SET checkpoint_threshold = '1TB'\"); c.execute('CREATE TABLE main.scratch AS SELECT 1'); "
+              "os._exit(0)")  # dies without a checkpoint: the WAL stays
+    subprocess.run([sys.executable, "-c", script, str(store)], check=True, timeout=60)
+    wal = store.with_name(store.name + ".wal")
+    assert wal.exists()
+    with wh.transaction(tables=["lexer.audience_history"]) as conn:
+        conn.execute("UPDATE lexer.audience_history SET size = 4")
+    wh.publish(["lexer.audience_history"])
+    assert not wal.exists()
+    assert _rows(store, "SELECT size FROM lexer.audience_history") == [(4,)]
+    assert store.stat().st_mode & 0o777 == 0o444
