@@ -91,6 +91,14 @@ def _date(env: Mapping[str, str], name: str, default: dt.date | None) -> dt.date
         raise SettingsError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
 
 
+def _lapsing_days(env: Mapping[str, str]) -> int:
+    active, lapsing = _int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1), _int(env, "LEXER_LAPSING_DAYS", 180, minimum=1)
+    if active > lapsing:
+        raise SettingsError(f"LEXER_ACTIVE_DAYS ({active}) must not exceed LEXER_LAPSING_DAYS ({lapsing}): "
+                            "no customer could be 'lapsing'")
+    return lapsing
+
+
 def _order_amount(env: Mapping[str, str]) -> float:
     from lexer_assets.commerce.order_files import DEFAULT_MAX_ORDER_AMOUNT, MAX_ORDER_AMOUNT_LIMIT
 
@@ -393,7 +401,7 @@ class Settings:
             export_settle_seconds=_float(env, "LEXER_EXPORT_SETTLE_S", 2.0),
             export_timeout_seconds=_float(env, "LEXER_EXPORT_TIMEOUT_S", 600.0, positive=True),
             active_days=_int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1),
-            lapsing_days=_int(env, "LEXER_LAPSING_DAYS", 180, minimum=1),
+            lapsing_days=_lapsing_days(env),
             new_customer_days=_int(env, "LEXER_NEW_CUSTOMER_DAYS", 30, minimum=1),
             membership_retention_days=_int(env, "LEXER_MEMBERSHIP_RETENTION_DAYS", 35, minimum=1),
             sync=_sync_settings(env),
