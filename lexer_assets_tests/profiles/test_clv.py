@@ -36,6 +36,24 @@ def test_one_cell_history_predicts_its_mean_future_orders_times_spend() -> None:
     assert got == {f"c{i}": pytest.approx(5.0) for i in range(40)}
 
 
+def test_one_huge_order_moves_only_its_customers_estimate() -> None:
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE o (customer_id VARCHAR, order_date DATE, amount DOUBLE)")
+    as_of, horizon = date(2026, 6, 30), 100
+    t0 = as_of - timedelta(days=horizon)
+    # As above, plus "big", who once spent $10,000 five days before t0 and never came back.
+    rows = [(f"c{i}", t0 - timedelta(days=5), 10.0) for i in range(40)] + [("big", t0 - timedelta(days=5), 1e4)]
+    rows += [(f"c{i}", t0 + timedelta(days=20), 10.0) for i in range(0, 40, 2)]
+    conn.executemany("INSERT INTO o VALUES (?, ?, ?)", rows)
+    got = _predict(conn, as_of, horizon)
+    # One cell of 41 customers, 20 future orders: level 20/41. Typical order value: the median of the
+    # customers' own ($10 for the 40, $10,000 for big) = $10. Spend per order: (10 + 10) / 2 = $10 and
+    # (20 + 10) / 3 = $10 for the 40; (10,000 + 10) / 2 = $5,005 for big. (With the mean order value,
+    # $10,600 / 61 orders = $173.77, every one-order customer's spend would have been $91.89.)
+    expected = {f"c{i}": pytest.approx(20 / 41 * 10) for i in range(40)} | {"big": pytest.approx(20 / 41 * 5005)}
+    assert got == expected
+
+
 def test_history_shorter_than_the_horizon_falls_back_to_the_last_horizon_repeating() -> None:
     conn = duckdb.connect()
     conn.execute("CREATE TABLE o (customer_id VARCHAR, order_date DATE, amount DOUBLE)")
