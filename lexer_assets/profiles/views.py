@@ -41,7 +41,8 @@ ANALYST_VIEWS: tuple[AnalystView, ...] = (
 SELECT lifecycle_stage,
        count(*) AS customers,
        count(*) / sum(count(*)) OVER () AS share,
-       sum(revenue) AS revenue,
+       -- summed as cents: a sum of doubles shows float noise (1058395.1499999638)
+       sum(CAST(revenue AS DECIMAL(18, 2)))::DOUBLE AS revenue,
        avg(revenue) AS average_revenue,
        sum(predicted_clv) AS predicted_clv,
        count(*) FILTER (WHERE email_subscribe IN ('opted_in', 'subscribed')) AS email_subscribed,
