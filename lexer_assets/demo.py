@@ -73,11 +73,17 @@ def prepare_inputs(settings: Settings, *, orders_file: Path | None, customers: i
     if orders_file:  # checked before anything is reset: a mistyped path must not cost the previous state
         if not orders_file.is_file():
             raise SystemExit(f"order file not found: {orders_file} (nothing was changed)")
-        customer_ids = _customer_ids(orders_file, settings)
+        customer_ids, report = _read_order_file(orders_file)
         if not customer_ids:
             raise SystemExit(f"order file {orders_file} has no order with a customer id (empty, or no line could "
                              "be read: the canonical CSV or the CDNOW format, see the README): nothing was "
                              "changed")
+        limit = settings.automation.max_order_reject_rate
+        if report.lines and report.rejected / report.lines > limit:
+            # commerce/orders would refuse it after the reset, leaving an empty hub: refuse it here instead
+            raise SystemExit(f"order file {orders_file}: {report.rejected:,} of {report.lines:,} lines are bad, more "
+                             f"than LEXER_MAX_ORDER_REJECT_RATE={limit:.1%} (first: {report.first_reject}): "
+                             "nothing was changed")
     marker = settings.home / DEMO_MARKER
     if marker.exists() and not reset:
         existing = DemoInputs(**json.loads(marker.read_text()))
@@ -120,19 +126,31 @@ def _describe(inputs: DemoInputs) -> str:
             f"{inputs.shift_days:,} days)")
 
 
-def _customer_ids(order_file: Path, settings: Settings) -> list[str]:
-    """Distinct customer ids of an order file, read with the same reader commerce/orders uses."""
+@dataclass(frozen=True)
+class _FileCheck:
+    lines: int
+    rejected: int
+    first_reject: str  # "line N: reason", or "" when none
+
+
+def _read_order_file(order_file: Path) -> tuple[list[str], _FileCheck]:
+    """Distinct customer ids of an order file and how many of its lines are bad, read with the same reader
+    commerce/orders uses."""
     import duckdb
 
     from lexer_assets.storage.warehouse import ensure_tables
 
     conn = duckdb.connect()
-    ensure_tables(conn)
-    load_orders(conn, [order_file])
-    ids = [r[0] for r in conn.sql("SELECT DISTINCT customer_id FROM commerce.orders "
-                                   "WHERE customer_id IS NOT NULL ORDER BY 1").fetchall()]
-    conn.close()
-    return ids
+    try:
+        ensure_tables(conn)
+        report = load_orders(conn, [order_file])
+        ids = [r[0] for r in conn.sql("SELECT DISTINCT customer_id FROM commerce.orders "
+                                       "WHERE customer_id IS NOT NULL ORDER BY 1").fetchall()]
+        first = conn.sql("SELECT 'line ' || source_line || ': ' || reason FROM commerce.order_rejects "
+                         "ORDER BY source_line LIMIT 1").fetchall()
+    finally:
+        conn.close()
+    return ids, _FileCheck(report.lines, report.rejected, first[0][0] if first else "")
 
 
 class _ProgressHandler(logging.Handler):

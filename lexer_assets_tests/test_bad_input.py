@@ -225,13 +225,18 @@ def test_broken_audiences_file_keeps_the_pipeline_up_and_sends_nothing(tmp_path:
     assert run_loop(settings, quiet=True).success
 
 
-def test_a_mistyped_or_empty_demo_order_file_changes_nothing(tmp_path: Path) -> None:
+def test_a_missing_empty_or_mostly_bad_demo_order_file_changes_nothing(tmp_path: Path) -> None:
     settings = local_settings(tmp_path / "home")
     prepare_inputs(settings, orders_file=None, customers=50, seed=5, say=lambda _m: None)
     before = sorted(p.relative_to(settings.home) for p in settings.home.rglob("*"))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    for bad, says in ((tmp_path / "nonexistent.txt", "not found"), (empty, "has no order with a customer id")):
+    mostly_bad = tmp_path / "mostly_bad.csv"  # 1 good line, 50 whose amount is not a number: 98% bad
+    mostly_bad.write_text("order_id,customer_id,email,order_date,units,amount\nG1,C1,,2026-11-01,1,5\n"
+                          + "".join(f"B{i},C{i},,2026-11-01,1,xyz\n" for i in range(50)))
+    for bad, says in ((tmp_path / "nonexistent.txt", "not found"), (empty, "has no order with a customer id"),
+                      (mostly_bad, "50 of 51 lines are bad, more than LEXER_MAX_ORDER_REJECT_RATE=5.0% "
+                                   r"\(first: line 3: amount 'xyz' is not a number\)")):
         with pytest.raises(SystemExit, match=says) as raised:
             prepare_inputs(settings, orders_file=bad, customers=0, seed=5, say=lambda _m: None)
         assert str(bad) in str(raised.value)
