@@ -17,8 +17,9 @@ file, 1-based line number, reason and raw text, for: wrong field count, a date t
 units that are not a whole number >= 0, an amount that is not a finite number >= 0 or is above ``max_amount``
 (``LEXER_MAX_ORDER_AMOUNT``: one mistyped amount would otherwise dominate every CLV estimate), a date before
 1900 or after tomorrow (after the shift), text that is not UTF-8, an email with spaces or control characters,
-neither customer id nor email, or an order_id already loaded (the first line with that id is kept: files are
-read oldest first, so a new file cannot overwrite an order already there). A UTF-8 byte order mark (Excel's
+neither customer id nor email, or a repeated order_id (the line kept is the one from the file that held the
+order in the previous load, else the first in file order, oldest file first: a new file, or an old one
+touched, cannot overwrite an order already there). A UTF-8 byte order mark (Excel's
 "CSV UTF-8") is ignored.
 Blank lines and the header are skipped (not rejected). A file whose format is not recognised has every line
 rejected (reason names the problem) so the other files still load and nothing is silently dropped.
@@ -312,6 +313,8 @@ def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, shift
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"order file not found: {p}")
+    # Which file each order came from last time: a repeated order_id keeps the line already loaded.
+    conn.execute("CREATE OR REPLACE TEMP TABLE _orders_before AS SELECT order_id, source_file FROM commerce.orders")
     conn.execute("DELETE FROM commerce.orders")
     conn.execute("DELETE FROM commerce.order_rejects")
     lines = 0
@@ -350,9 +353,10 @@ def load_orders(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], *, shift
 
 
 def _reject_duplicate_order_ids(conn: duckdb.DuckDBPyConnection, paths: list[Path]) -> None:
-    """Keep the first line of each order_id (in the order the files were given, then line order); move the
-    repeats to the rejects table. A repeat is a duplicated export, not a second order: counting it would
-    double the customer's revenue."""
+    """Keep one line of each order_id and move the repeats to the rejects table: the line from the file that
+    held the order in the previous load (``_orders_before``), else the first in the order the files were
+    given, then line order. A repeat is a duplicated export, not a second order: counting it would double the
+    customer's revenue; and a file added (or an old one touched) later must not replace an order."""
     conn.execute("CREATE OR REPLACE TEMP TABLE _order_file_rank (source_file VARCHAR, file_rank INTEGER)")
     conn.executemany("INSERT INTO _order_file_rank VALUES (?, ?)", [(str(p), i) for i, p in enumerate(paths)])
     conn.execute(
@@ -360,8 +364,9 @@ def _reject_duplicate_order_ids(conn: duckdb.DuckDBPyConnection, paths: list[Pat
            SELECT o.*, first_value(o.source_file || ':' || o.source_line) OVER w AS first_seen,
                   row_number() OVER w AS seen
            FROM commerce.orders o JOIN _order_file_rank USING (source_file)
+           LEFT JOIN _orders_before b ON b.order_id = o.order_id AND b.source_file = o.source_file
            WHERE o.order_id IN (SELECT order_id FROM commerce.orders GROUP BY order_id HAVING count(*) > 1)
-           WINDOW w AS (PARTITION BY o.order_id ORDER BY file_rank, o.source_line)
+           WINDOW w AS (PARTITION BY o.order_id ORDER BY b.order_id IS NULL, file_rank, o.source_line)
            QUALIFY seen > 1"""
     )
     conn.execute(
@@ -377,6 +382,7 @@ def _reject_duplicate_order_ids(conn: duckdb.DuckDBPyConnection, paths: list[Pat
     )
     conn.execute("DROP TABLE _order_dups")
     conn.execute("DROP TABLE _order_file_rank")
+    conn.execute("DROP TABLE _orders_before")
 
 
 def newest_order_date(files: Sequence[Path]) -> date | None:

@@ -240,3 +240,10 @@ def test_a_newer_file_cannot_overwrite_an_order_already_loaded(conn: duckdb.Duck
     load_orders(conn, files)
     assert conn.sql("SELECT order_date, amount FROM commerce.orders").fetchall() == [(date(2023, 12, 3), 123.71)]
     assert _rejects(conn) == [(2, f"duplicate order_id O1 (first at {old}:2)")]
+    # The brand appends to its main file (now the newest): the order already loaded still stays.
+    os.utime(old, (1_770_000_000, 1_770_000_000))
+    files = order_files(folder)
+    assert files == [new, old]
+    load_orders(conn, files)
+    assert conn.sql("SELECT order_date, amount FROM commerce.orders").fetchall() == [(date(2023, 12, 3), 123.71)]
+    assert [reason for _, reason in _rejects(conn)] == [f"duplicate order_id O1 (first at {old}:2)"]
