@@ -174,6 +174,10 @@ def build_sync_checks(audiences: Sequence[Audience]) -> list[dg.AssetChecksDefin
         approved = _approved(context)
         lines = {line.audience_name: line for line in report.audiences}
         too_many_removals = verdict.removals > sync.max_removals
+        # Problems of no activated audience (one that was synced and is now disabled or deleted) have no check
+        # of their own: every check carries them, as the sync itself would stop on them.
+        names = [f"audience {a.name!r}" for a in activated]
+        orphan = [p for p in verdict.problems if not p.startswith(tuple(names))]
         for slug, aud in by_slug.items():
             if dg.AssetCheckKey(dg.AssetKey(["audiences", slug]), GUARD_CHECK) not in context.selected_asset_check_keys:
                 continue
@@ -181,6 +185,7 @@ def build_sync_checks(audiences: Sequence[Audience]) -> list[dg.AssetChecksDefin
             own = [p for p in verdict.problems if p.startswith(f"audience {aud.name!r}")]
             if too_many_removals:
                 own.append(f"the run would remove {verdict.removals:,} values (limit {sync.max_removals:,})")
+            own += orphan
             passed = not own or approved
             text = ("approved by run tag: " if own and approved else "") + (
                 "; ".join(own) if own else "within the limits")

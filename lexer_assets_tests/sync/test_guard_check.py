@@ -35,21 +35,27 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.close()
 
 
-def _defs(world: World, tmp_path: Path, members: list[str]) -> dg.Definitions:
+def _defs(world: World, tmp_path: Path, members: list[str], *, yaml: str = AUDIENCES_YAML,
+          others: dict[str, tuple[str, list[str]]] | None = None) -> dg.Definitions:
+    """Definitions with stand-ins for the audiences (``vip`` plus ``others``: slug -> (name, members))."""
     audiences_file = tmp_path / "audiences.yaml"
-    audiences_file.write_text(AUDIENCES_YAML)
+    audiences_file.write_text(yaml)
     settings = local_settings(tmp_path / "home", BRAZE_REST_ENDPOINT=world.server.url,
                               LEXER_AUDIENCES_FILE=str(audiences_file))
     audiences = load_audiences(audiences_file)
 
-    @dg.asset(key=["audiences", "vip"])
-    def vip() -> None:
-        """Stand-in for the audience asset: writes today's membership."""
-        set_members(world.wh, "vip", "VIP", DAY1, members)
+    def stand_in(slug: str, name: str, who: list[str]) -> dg.AssetsDefinition:
+        @dg.asset(key=["audiences", slug])
+        def _audience() -> None:
+            """Stand-in for the audience asset: writes today's membership."""
+            set_members(world.wh, slug, name, DAY1, who)
+        return _audience
 
+    stand_ins = [stand_in("vip", "VIP", members),
+                 *(stand_in(slug, name, who) for slug, (name, who) in (others or {}).items())]
     resources = resources_for(settings)
     resources["warehouse"] = WarehouseResource(path=str(world.wh.path), published_path=str(tmp_path / "pub.duckdb"))
-    return dg.Definitions(assets=[vip, build_sync_asset([dg.AssetKey(["audiences", "vip"])])],
+    return dg.Definitions(assets=[*stand_ins, build_sync_asset([a.key for a in stand_ins])],
                           asset_checks=build_sync_checks(audiences), resources=resources,
                           jobs=[dg.define_asset_job("loop", selection=dg.AssetSelection.all()),
                                 dg.define_asset_job("sync_only", selection=dg.AssetSelection.assets(SYNC_KEY))])
@@ -80,3 +86,30 @@ def test_blocking_check_stops_the_sync_until_approved(world: World, tmp_path: Pa
     approved = defs.resolve_job_def("loop").execute_in_process(raise_on_error=False, tags={APPROVE_TAG: "true"})
     assert approved.success and _synced(approved)
     assert world.braze() == {c: ["VIP"] for c in CUSTOMERS[:20]}
+
+
+def test_disabling_a_synced_audience_fails_the_guard_check_too(world: World, tmp_path: Path) -> None:
+    """The check and the sync agree: a synced audience that is disabled is a drop to 0 needing approval, and
+    the remaining audiences' checks say so (the disabled one has no check of its own any more)."""
+    lapsed = """
+- name: Lapsed
+  slug: lapsed
+  description: test
+  owner: crm@example.com
+  activation: {braze: true, list_action: maintain, priority: 2}
+  rules:
+    - {column: revenue, op: '>=', value: 1}
+"""
+    both = AUDIENCES_YAML + lapsed
+    first = _defs(world, tmp_path, CUSTOMERS[:30], yaml=both, others={"lapsed": ("Lapsed", CUSTOMERS[30:40])})
+    assert first.resolve_job_def("loop").execute_in_process(raise_on_error=False).success
+    assert len(world.braze()) == 40
+
+    off = both.replace("priority: 2}", "priority: 2}\n  enabled: false")
+    disabled = _defs(world, tmp_path, CUSTOMERS[:30], yaml=off)
+    blocked = disabled.resolve_job_def("loop").execute_in_process(raise_on_error=False)
+    check = next(e for e in blocked.get_asset_check_evaluations() if e.check_name == "sync_guard")
+    assert not check.passed
+    assert "'Lapsed' had 10 members at the last sync and is no longer activated" in (check.description or "")
+    assert not _synced(blocked)
+    assert len(world.braze()) == 40
