@@ -21,6 +21,7 @@ from lexer_assets.defs.resources import resources_for
 from lexer_assets.settings import Settings
 
 MAIN_JOB = "lexer_loop"
+SYNC_JOB = "lexer_sync"
 
 # Audience assets use BackfillPolicy.single_run() (one run per backfilled range), a parameter Dagster marks beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -45,10 +46,15 @@ def build_definitions(settings: Settings, *, loggers: dict[str, dg.LoggerDefinit
         description="The whole loop: export request -> landed files -> users -> orders -> profiles -> "
                     "audiences (today's partition) -> Braze sync.",
     )
+    sync_job = dg.define_asset_job(
+        SYNC_JOB, selection=dg.AssetSelection.assets(sync.key),
+        description="Only the Braze sync, from each audience's newest stored day (it applies the safety guard "
+                    "itself): what automation runs after a run in which some audiences failed.",
+    )
     return dg.Definitions(
         assets=assets,
         asset_checks=[*build_checks(audiences, settings), *build_sync_checks(audiences)],
-        jobs=[main_job],
+        jobs=[main_job, sync_job],
         schedules=automation.schedules(settings),
         sensors=automation.sensors(settings),
         resources=resources_for(settings),

@@ -244,12 +244,13 @@ def release_dead_runs(instance: dg.DagsterInstance, say: Callable[[str], None] =
 
 
 def run_loop(settings: Settings, *, partition_key: str | None = None, instance: dg.DagsterInstance | None = None,
-             quiet: bool = False, approve_sync: bool = False) -> dg.ExecuteInProcessResult:
-    """Materialise the main job (every asset; today's audience partitions) in this process."""
-    from lexer_assets.definitions import MAIN_JOB, build_definitions
+             quiet: bool = False, approve_sync: bool = False, sync_only: bool = False) -> dg.ExecuteInProcessResult:
+    """Materialise the main job (every asset; today's audience partitions) in this process; ``sync_only``:
+    only the Braze sync."""
+    from lexer_assets.definitions import MAIN_JOB, SYNC_JOB, build_definitions
 
     defs = build_definitions(settings, loggers=None if quiet else {"console": progress_logger})
-    job = defs.resolve_job_def(MAIN_JOB)
+    job = defs.resolve_job_def(SYNC_JOB if sync_only else MAIN_JOB)
     # No partitioned asset at all when the audiences file is broken (a stand-in replaces the audiences).
     partitioned = job.partitions_def is not None
     return job.execute_in_process(
@@ -261,6 +262,14 @@ def run_loop(settings: Settings, *, partition_key: str | None = None, instance: 
         # Only a run config that names the logger makes the job use the definitions' console logger.
         run_config=None if quiet else {"loggers": {"console": {}}},
     )
+
+
+def audiences_alone_failed(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the only failed steps of a main-job run are audiences (so the sync was skipped, not refused)."""
+    failed = {str(e.step_key) for e in result.all_events if e.is_step_failure}
+    # the stand-in for an unreadable audiences file is not an audience: the sync would refuse to run
+    return (bool(failed) and all(k.startswith("audiences__") for k in failed)
+            and "audiences__audiences_file_invalid" not in failed)
 
 
 def summary_table(settings: Settings, run_id: str) -> str:
@@ -306,6 +315,15 @@ def run_demo(settings: Settings, *, orders_file: Path | None, customers: int, se
     result = run_loop(settings, instance=instance, approve_sync=approve_sync)
     _out("")
     if not result.success:
+        if audiences_alone_failed(result):
+            # As automation does under `make dev`: the audiences that were computed still reach Braze; the
+            # failed ones keep their values (the sync reads each audience's newest stored day).
+            _out("Only audiences failed: syncing the others now (the failed ones keep their Braze values):")
+            synced = run_loop(settings, instance=instance, approve_sync=approve_sync, sync_only=True)
+            _out("")
+            if synced.success:
+                _out(summary_table(settings, synced.run_id))
+                _out("")
         _out("The run failed (see the FAILED lines above). Nothing was lost: fix the cause and run again"
              " (a sync the guard blocked on purpose: `lexer-assets demo --approve-sync`).")
         return 1

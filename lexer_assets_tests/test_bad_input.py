@@ -12,7 +12,7 @@ import pytest
 
 from lexer_assets.defs.braze_export import segment_export, users
 from lexer_assets.defs.resources import resources_for
-from lexer_assets.demo import prepare_inputs, run_loop
+from lexer_assets.demo import audiences_alone_failed, prepare_inputs, run_loop
 from lexer_assets.population import synthetic_population, write_braze_export
 from lexer_assets.storage.warehouse import Warehouse
 from lexer_assets_tests.conftest import http_settings, local_settings
@@ -110,6 +110,16 @@ def test_unknown_column_stops_only_that_audience(tmp_path: Path, audiences_file:
     # every other audience was computed
     done = {e.step_key for e in result.all_events if e.is_step_success}
     assert {"audiences__vip", "audiences__new_customers", "lexer__customer_profiles"} <= done
+    # the sync, skipped in that run, then runs alone (as the demo and automation do) for the others
+    assert audiences_alone_failed(result)
+    assert "braze__audience_sync" not in done
+    synced = run_loop(settings, quiet=True, sync_only=True)
+    assert synced.success
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+    with wh.connect() as conn:
+        names = {r[0] for r in conn.execute("SELECT audience_name FROM sync.braze_sync_runs WHERE run_id = ?",
+                                            [synced.run_id]).fetchall()}
+    assert "VIP" in names and "Broken spenders" in names  # the broken one is reported, frozen
 
 
 def test_wrong_braze_key_stops_the_sync_without_printing_it(served_emulator, audiences_file: Path,
