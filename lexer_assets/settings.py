@@ -91,6 +91,28 @@ def _date(env: Mapping[str, str], name: str, default: dt.date | None) -> dt.date
         raise SettingsError(f"{name} must be a date YYYY-MM-DD, got {raw!r}") from None
 
 
+def _partitions_start(env: Mapping[str, str]) -> dt.date:
+    start = _date(env, "LEXER_PARTITIONS_START", dt.date(2026, 1, 1))
+    assert start is not None
+    today = dt.datetime.now(dt.UTC).date()
+    if start > today:
+        raise SettingsError(f"LEXER_PARTITIONS_START ({start}) is after today ({today}): there would be no "
+                            "audience partition to compute")
+    return start
+
+
+def _as_of(env: Mapping[str, str]) -> dt.date | None:
+    """LEXER_AS_OF must be a day the audiences have a partition for: from LEXER_PARTITIONS_START to today."""
+    as_of = _date(env, "LEXER_AS_OF", None)
+    if as_of is None:
+        return None
+    start, today = _partitions_start(env), dt.datetime.now(dt.UTC).date()
+    if not start <= as_of <= today:
+        raise SettingsError(f"LEXER_AS_OF ({as_of}) must be between LEXER_PARTITIONS_START ({start}) and today "
+                            f"({today}): audiences have a daily partition for those days only")
+    return as_of
+
+
 def _lapsing_days(env: Mapping[str, str]) -> int:
     active, lapsing = _int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1), _int(env, "LEXER_LAPSING_DAYS", 180, minimum=1)
     if active > lapsing:
@@ -396,8 +418,8 @@ class Settings:
             bucket=bucket,
             audiences_file=Path(env.get("LEXER_AUDIENCES_FILE") or repo_root / "data" / "audiences.yaml"),
             orders_dir=Path(env.get("LEXER_ORDERS_DIR") or home / "commerce" / "orders"),
-            partitions_start=_date(env, "LEXER_PARTITIONS_START", dt.date(2026, 1, 1)),  # type: ignore[arg-type]
-            as_of=_date(env, "LEXER_AS_OF", None),
+            partitions_start=_partitions_start(env),
+            as_of=_as_of(env),
             export_settle_seconds=_float(env, "LEXER_EXPORT_SETTLE_S", 2.0),
             export_timeout_seconds=_float(env, "LEXER_EXPORT_TIMEOUT_S", 600.0, positive=True),
             active_days=_int(env, "LEXER_ACTIVE_DAYS", 90, minimum=1),
