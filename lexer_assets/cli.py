@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,14 +38,16 @@ def _settings(*, local_only: bool = False) -> Settings:
         raise SystemExit(f"configuration error: {exc}") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {value:,}")
+        return value
+    return parse
 
 
 def _open_store(settings: Settings) -> duckdb.DuckDBPyConnection | None:
@@ -77,6 +79,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
 
+    if not args.sql.strip():
+        print("no SQL given: lexer-assets query \"SELECT ...\"", file=sys.stderr)
+        return 2
     settings = _settings(local_only=True)
     conn = _open_store(settings)
     if conn is None:
@@ -279,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="run SQL read-only on the profile store")
     query.add_argument("sql")
-    query.add_argument("--limit", type=_positive_int, default=50, help="rows to print (default 50)")
+    query.add_argument("--limit", type=_whole_number(1, 1_000_000_000), default=50, help="rows to print (default 50)")
     query.set_defaults(func=cmd_query)
 
     verify = sub.add_parser("verify", help="compare what Braze holds with what the hub says")
@@ -291,14 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
 
     dev = sub.add_parser("dev", help="open the Dagster UI on these definitions")
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--port", type=_whole_number(1, 65535), default=3000)
     dev.add_argument("--host", default="127.0.0.1")
     dev.set_defaults(func=cmd_dev)
 
     emulator = sub.add_parser("emulator", help="the local Braze emulator")
     emulator_sub = emulator.add_subparsers(dest="emulator_command", required=True)
     serve = emulator_sub.add_parser("serve", help="serve the Braze REST API over HTTP")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--port", type=_whole_number(1, 65535), default=8765)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--state-dir", help="emulator state folder (default $LEXER_HOME/braze-emulator)")
     serve.set_defaults(func=cmd_emulator_serve)

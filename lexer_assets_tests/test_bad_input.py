@@ -185,6 +185,23 @@ def test_order_file_mostly_rejected_keeps_the_previous_orders(tmp_path: Path) ->
         assert conn.sql("SELECT count(*), sum(amount) FROM commerce.orders").fetchall()[0] == before
 
 
+def test_order_files_that_came_out_empty_keep_the_previous_orders(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path / "home")
+    prepare_inputs(settings, orders_file=None, customers=100, seed=5, say=lambda _m: None)
+    assert run_loop(settings, quiet=True).success
+    wh = Warehouse(settings.warehouse_path, settings.published_store_path)
+    with wh.connect() as conn:
+        before = conn.sql("SELECT count(*), sum(amount) FROM commerce.orders").fetchall()[0]
+    (settings.orders_dir / "orders.csv").write_text("")  # the brand's export job wrote an empty file
+    result = run_loop(settings, quiet=True)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "commerce__orders"
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("no order line could be loaded from orders.csv") and "previous orders" in message
+    with wh.connect() as conn:
+        assert conn.sql("SELECT count(*), sum(amount) FROM commerce.orders").fetchall()[0] == before
+
+
 def test_broken_audiences_file_keeps_the_pipeline_up_and_sends_nothing(tmp_path: Path,
                                                                        audiences_file: Path) -> None:
     settings = local_settings(tmp_path / "home", LEXER_AUDIENCES_FILE=str(audiences_file))

@@ -69,10 +69,15 @@ def test_query_cannot_write_or_read_files(store_home: Path, tmp_path: Path, monk
 def test_query_refuses_a_limit_below_one_and_an_unreadable_store_gets_one_clear_line(
         store_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     _env(monkeypatch, LEXER_HOME=str(store_home))
-    for bad in ("0", "-1", "ten"):
+    for bad in ("0", "-1", "ten", "99999999999999999999"):
         with pytest.raises(SystemExit):
             main(["query", "SELECT 1", "--limit", bad])
         assert "--limit" in capsys.readouterr().err
+    assert main(["query", "  "]) == 2
+    assert "no SQL given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["emulator", "serve", "--port", "99999"])
+    assert "--port: must be between 1 and 65,535" in capsys.readouterr().err
     store = local_settings(store_home).published_store_path
     store.chmod(0o644)
     store.write_bytes(b"not a database")

@@ -283,6 +283,7 @@ SELECT
          || ' is not a real date ('
          || CASE WHEN date_format = '%Y%m%d' THEN 'YYYYMMDD' ELSE 'YYYY-MM-DD' END || ')'
     WHEN regexp_full_match(units_text, '-[0-9]+') THEN 'negative units ' || units_text
+    WHEN regexp_full_match(units_text, '[0-9]{{10,}}') THEN 'units ' || units_text || ' is too large'
     WHEN NOT regexp_full_match(coalesce(units_text, ''), '[0-9]{{1,9}}')
          THEN 'units ' || coalesce('''' || units_text || '''', 'missing') || ' is not a whole number'
     WHEN amount IS NULL OR isnan(amount) OR isinf(amount)

@@ -75,6 +75,11 @@ def orders(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                 f"{report.rejected:,} of {report.lines:,} order lines ({rate:.1%}) were rejected, more than "
                 f"LEXER_MAX_ORDER_REJECT_RATE={pipeline.max_order_reject_rate:.1%}; the previous orders were kept. "
                 f"First rejects: {where}")
+        if report.loaded == 0:
+            # Empty files (an export that came out empty) must not leave every profile without orders.
+            raise dg.Failure(f"no order line could be loaded from {', '.join(f.name for f in files)} "
+                             f"({report.lines:,} line(s), {report.rejected:,} rejected); the previous orders "
+                             "were kept")
         preview = preview_markdown(conn, "SELECT * FROM commerce.orders ORDER BY order_date DESC, order_id")
     wh.publish([ORDERS.name, ORDER_REJECTS.name])
     if report.rejected:

@@ -203,9 +203,10 @@ def test_implausible_values_are_rejected_and_an_excel_bom_is_ignored(conn: duckd
         b"B6,C\xff6,,2026-03-01,1,5\n"                      # 7 not UTF-8
         b"B7,C7,\"ann\n@example.com\",2026-03-01,1,5\n"     # 8-9 a newline inside the email
         b"B8,C8, Bob@Example.com ,2026-03-02,1,5\n"         # 10 good (trimmed, lower-cased)
+        b"B9,C9,,2026-03-01,99999999999999999999,5\n"      # 11 units too large for a whole number column
     )
     report = load_orders(conn, [f], latest=date(2026, 3, 2))
-    assert (report.loaded, report.rejected) == (2, 6)
+    assert (report.loaded, report.rejected) == (2, 7)
     assert conn.sql("SELECT order_id, email FROM commerce.orders ORDER BY 1").fetchall() == [
         ("B1", None), ("B8", "bob@example.com")]
     assert _rejects(conn) == [
@@ -215,10 +216,11 @@ def test_implausible_values_are_rejected_and_an_excel_bom_is_ignored(conn: duckd
         (6, "order date 2026-03-03 is in the future"),
         (7, "not UTF-8 text (order files must be UTF-8)"),
         (9, "email contains spaces or control characters"),
+        (11, "units 99999999999999999999 is too large"),
     ]
     # the limit and the future are judged after the shift; a higher maximum lets the big line through
     report = load_orders(conn, [f], latest=date(2026, 3, 2), shift_days=-1, max_amount=2e6)
-    assert report.rejected == 4  # 1e308, 1850, not UTF-8, the email; B5 (2026-03-02 after the shift) loads
+    assert report.rejected == 5  # 1e308, 1850, not UTF-8, the email, the units; B5 (2026-03-02 after the shift)
 
 
 def test_a_newer_file_cannot_overwrite_an_order_already_loaded(conn: duckdb.DuckDBPyConnection,
