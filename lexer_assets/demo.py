@@ -286,7 +286,7 @@ def summary_table(settings: Settings, run_id: str) -> str:
             ORDER BY h.audience_name
             """, [run_id]).fetchall()
         # values the run removed that no audience produces any more (a renamed audience's old name, a deleted
-        # or disabled audience): they have no partition, but their removals belong in the summary
+        # or disabled audience): "(old value)", no partition, but their removals belong in the summary
         gone = conn.execute(
             "SELECT audience_name, adds, removes, sent, failed FROM sync.braze_sync_runs WHERE run_id = ? "
             "AND audience_name NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY audience_name",
@@ -296,7 +296,7 @@ def summary_table(settings: Settings, run_id: str) -> str:
     # entered/exited are NULL when the previous day's member list is no longer kept (retention)
     table = [header, *[(str(r[0]), str(r[1]), *("?" if v is None else f"{int(v):,}" for v in r[2:]))
                        for r in rows],
-             *[(str(r[0]), "(retired)", "-", "-", "-", *(f"{int(v or 0):,}" for v in r[1:])) for r in gone]]
+             *[(str(r[0]), "(old value)", "-", "-", "-", *(f"{int(v or 0):,}" for v in r[1:])) for r in gone]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row))
              for row in table]

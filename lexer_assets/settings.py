@@ -456,7 +456,7 @@ def _sync_settings(env: Mapping[str, str]) -> SyncSettings:
         max_removals=_int(env, "LEXER_SYNC_MAX_REMOVALS", 50_000),
         max_failed_runs=_int(env, "LEXER_SYNC_MAX_FAILED_RUNS", 3, minimum=1),
         notify_smtp_host=env.get("LEXER_NOTIFY_SMTP_HOST", ""),
-        notify_smtp_port=_int(env, "LEXER_NOTIFY_SMTP_PORT", 25, minimum=1),
+        notify_smtp_port=_int(env, "LEXER_NOTIFY_SMTP_PORT", 25, minimum=1, maximum=65535),
         notify_from=env.get("LEXER_NOTIFY_FROM") or "lexer-assets@localhost",
         notify_to=tuple(a.strip() for a in env.get("LEXER_NOTIFY_TO", "").split(",") if a.strip()),
         notify_webhook_url=env.get("LEXER_NOTIFY_WEBHOOK_URL", ""),

@@ -23,5 +23,5 @@ def test_summary_lists_a_renamed_audiences_old_name_with_its_removals(tmp_path: 
     assert lines[0].split() == ["audience", "day", "members", "entered", "exited", "adds", "removes", "sent",
                                 "failed"]
     assert lines[2].split() == ["VIP", "Gold", "2026-12-03", "3,737", "?", "0", "3,737", "0", "3,737", "0"]
-    assert lines[3].split() == ["VIP", "(retired)", "-", "-", "-", "0", "3,737", "3,737", "0"]
+    assert lines[3].split() == ["VIP", "(old", "value)", "-", "-", "-", "0", "3,737", "3,737", "0"]
     assert len(lines) == 4

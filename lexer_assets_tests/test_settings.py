@@ -110,7 +110,8 @@ MALFORMED = [
     ("LEXER_ACTIVE_DAYS", "400"),
     ("LEXER_AS_OF", "2099-01-01"),  # no partition after today
     ("LEXER_AS_OF", "2025-06-01"),  # before LEXER_PARTITIONS_START (2026-01-01)
-    ("LEXER_PARTITIONS_START", "2099-01-01"),  # more than LEXER_LAPSING_DAYS (180): nobody could be lapsing
+    ("LEXER_PARTITIONS_START", "2099-01-01"),
+    ("LEXER_NOTIFY_SMTP_PORT", "99999"),  # more than LEXER_LAPSING_DAYS (180): nobody could be lapsing
     ("LEXER_MAX_ORDER_AMOUNT", "1e13"),
     ("LEXER_MAX_ORDER_AMOUNT", "0"),
     ("LEXER_MEMBERSHIP_RETENTION_DAYS", "0"),
