@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lexer_assets.commerce.order_limits import DEFAULT_MAX_ORDER_AMOUNT, MAX_ORDER_AMOUNT_LIMIT
+
 DEFAULT_SEGMENT_ID = "3f2c9d1e-5b7a-4c0e-9a61-0d2b8e4f7a10"
 # The key the local emulator accepts with every permission; it is not a secret (local only).
 LOCAL_EMULATOR_KEY = "local-emulator-key"
@@ -122,8 +124,6 @@ def _lapsing_days(env: Mapping[str, str]) -> int:
 
 
 def _order_amount(env: Mapping[str, str]) -> float:
-    from lexer_assets.commerce.order_files import DEFAULT_MAX_ORDER_AMOUNT, MAX_ORDER_AMOUNT_LIMIT
-
     value = _float(env, "LEXER_MAX_ORDER_AMOUNT", DEFAULT_MAX_ORDER_AMOUNT, positive=True)
     if value > MAX_ORDER_AMOUNT_LIMIT:
         raise SettingsError(f"LEXER_MAX_ORDER_AMOUNT must be at most {MAX_ORDER_AMOUNT_LIMIT:,.0f} (amounts are "
@@ -296,7 +296,7 @@ class AutomationSettings:
     orders_freshness_fail_hours: float = 48.0  # brands drop order files on their own cadence
     max_export_reject_rate: float = 0.01  # share of export lines rejected before braze/users fails its check
     max_order_reject_rate: float = 0.05  # share of order lines rejected before commerce/orders keeps the old orders
-    max_order_amount: float = 1_000_000.0  # an order line above it is rejected as implausible
+    max_order_amount: float = DEFAULT_MAX_ORDER_AMOUNT  # an order line above it is rejected as implausible
     min_profile_coverage: float = 1.0  # share of exported users that must have a profile row
     max_sync_failure_rate: float = 0.01  # share of sent changes Braze rejected before the sync check fails
     verify_sample: int = 200  # users read back from Braze by the verification check (0: off)

@@ -40,6 +40,8 @@ from typing import Literal
 import duckdb
 import polars as pl
 
+from lexer_assets.commerce.order_limits import DEFAULT_MAX_ORDER_AMOUNT, EARLIEST_ORDER_DATE
+
 OrderFormat = Literal["cdnow", "csv"]
 
 CDNOW_HEADER = ("customer_id", "date", "number_of_cds", "dollar_value")
@@ -237,11 +239,6 @@ def _clip(line: str) -> str:
 
 
 # --- typing and validating in SQL ---
-
-DEFAULT_MAX_ORDER_AMOUNT = 1_000_000.0
-MAX_ORDER_AMOUNT_LIMIT = 1e12  # amounts are summed as DECIMAL(18, 4): anything near 1e14 cannot be stored
-EARLIEST_ORDER_DATE = date(1900, 1, 1)
-
 
 def _checked_sql(*, shift_days: int = 0, max_amount: float = DEFAULT_MAX_ORDER_AMOUNT,
                  latest: date | None = None) -> str:

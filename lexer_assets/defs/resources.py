@@ -18,6 +18,7 @@ import httpx
 
 from lexer_assets.audiences.spec import Audience, load_audiences
 from lexer_assets.braze.client import BrazeClient
+from lexer_assets.commerce.order_limits import DEFAULT_MAX_ORDER_AMOUNT
 from lexer_assets.profiles.build import LifecycleThresholds
 from lexer_assets.settings import LOCAL_EMULATOR_ENDPOINT, Settings, SettingsError
 from lexer_assets.storage.object_store import LocalFolderStore, ObjectStore, S3Store
@@ -140,7 +141,7 @@ class PipelineResource(dg.ConfigurableResource):
     active_days: int = 90
     lapsing_days: int = 180
     max_order_reject_rate: float = 0.05
-    max_order_amount: float = 1_000_000.0
+    max_order_amount: float = DEFAULT_MAX_ORDER_AMOUNT
     membership_retention_days: int = 35
 
     def today(self) -> dt.date:
