@@ -169,7 +169,9 @@ def _stage_csv(path: Path) -> Iterator[_Batch]:
     with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         reader = csv.reader(fh)
         index: list[int] = []
+        ended = 0  # physical line where the previous record ended
         for record in reader:
+            start, ended = ended + 1, reader.line_num  # a quoted field may span lines: report the first
             if not record or all(not f.strip() for f in record):
                 continue
             if batch is None:
@@ -177,7 +179,7 @@ def _stage_csv(path: Path) -> Iterator[_Batch]:
                 index = [header.index(c) for c in CSV_COLUMNS]
                 batch = _Batch(path, len(header), "%Y-%m-%d")
                 continue
-            batch.line_no.append(reader.line_num)  # physical line where the record ends
+            batch.line_no.append(start)
             batch.n_fields.append(len(record))
             t = batch.text
             t["raw_line"].append(None)

@@ -215,9 +215,11 @@ def test_implausible_values_are_rejected_and_an_excel_bom_is_ignored(conn: duckd
         (5, "order date 1850-01-01 is before 1900-01-01"),
         (6, "order date 2026-03-03 is in the future"),
         (7, "not UTF-8 text (order files must be UTF-8)"),
-        (9, "email contains spaces or control characters"),
+        (8, "email contains spaces or control characters"),  # the record starts on line 8
         (11, "units 99999999999999999999 is too large"),
     ]
+    raw = dict(conn.sql("SELECT source_line, raw_line FROM commerce.order_rejects").fetchall())
+    assert raw[8] == 'B7,C7,"ann'  # the record's first line, with its order id
     # the limit and the future are judged after the shift; a higher maximum lets the big line through
     report = load_orders(conn, [f], latest=date(2026, 3, 2), shift_days=-1, max_amount=2e6)
     assert report.rejected == 5  # 1e308, 1850, not UTF-8, the email, the units; B5 (2026-03-02 after the shift)
