@@ -246,14 +246,18 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table in TABLES:
         conn.execute(table.ddl())
-        schema, _, name = _split(table.name)
-        present = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-            "AND table_catalog = current_database() ORDER BY ordinal_position", [schema, name]).fetchall()]
+    # one read of every table's columns (this runs on every connection)
+    columns = {f"{schema}.{name}": names for schema, name, names in conn.execute(
+        "SELECT table_schema, table_name, list(column_name ORDER BY ordinal_position) "
+        "FROM information_schema.columns WHERE table_catalog = current_database() GROUP BY ALL").fetchall()}
+    for table in TABLES:
+        present = columns[table.name]
+        if present == table.column_names:
+            continue
         if present == table.column_names[:len(present)]:
             for column in table.columns[len(present):]:
                 conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.definition}")
-        elif present != table.column_names:
+        else:
             raise RuntimeError(f"{table.name} in {conn.execute('SELECT current_database()').fetchall()[0][0]} "
                                f"has columns {present}, not the expected {table.column_names}: it was made by "
                                "another version of lexer-assets")

@@ -166,3 +166,18 @@ def test_a_session_that_wrote_to_the_store_cannot_break_it_for_the_readers(wh: W
     assert not wal.exists()
     assert _rows(store, "SELECT size FROM lexer.audience_history") == [(4,)]
     assert store.stat().st_mode & 0o777 == 0o444
+
+
+def test_a_hub_made_by_an_older_version_gets_the_new_trailing_columns(tmp_path: Path) -> None:
+    from lexer_assets.storage.warehouse import ensure_tables
+
+    conn = duckdb.connect(str(tmp_path / "old.duckdb"))
+    ensure_tables(conn)
+    conn.execute("ALTER TABLE sync.braze_sync_runs DROP COLUMN audience_slug")  # as the previous version made it
+    conn.execute("INSERT INTO sync.braze_sync_runs VALUES ('r1', 'VIP', DATE '2026-12-01', 3, 3, 0, 3, 0, now())")
+    ensure_tables(conn)
+    assert conn.sql("SELECT run_id, audience_slug FROM sync.braze_sync_runs").fetchall() == [("r1", None)]
+    conn.execute("ALTER TABLE sync.braze_sync_runs DROP COLUMN run_id")  # not an older version: refused, named
+    with pytest.raises(RuntimeError, match="sync.braze_sync_runs in old has columns"):
+        ensure_tables(conn)
+    conn.close()
